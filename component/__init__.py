@@ -1,0 +1,1 @@
+"""The framework: manifest models, the PagerDuty client, the requester and the CLI."""

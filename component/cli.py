@@ -1,0 +1,237 @@
+"""``pdc``: list, describe, validate, document and run the component's steps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from component.client import ClientSettings, PagerDutyClient
+from component.context import StepContext
+from component.errors import ComponentError
+from component.manifest import (
+    SCHEMA_PATH,
+    Action,
+    DataSource,
+    Manifest,
+    load_manifest,
+    render_schema,
+)
+from component.redact import redact
+from component.registry import check_implementations
+from component.requester import run_step
+from connections import ConnectionConfig
+
+app = typer.Typer(
+    help="PagerDuty connector: list, describe and run its actions from a terminal.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the exit to raise."""
+    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _manifest() -> Manifest:
+    try:
+        manifest = load_manifest()
+        check_implementations(manifest)
+    except ComponentError as exc:
+        raise _fail(str(exc)) from None
+    return manifest
+
+
+@app.command()
+def actions() -> None:
+    """List every action, trigger and data source."""
+    manifest = _manifest()
+    table = Table(title=f"{manifest.label}: {len(manifest.actions)} actions")
+    for column in ("key", "label", "request"):
+        table.add_column(column)
+    for a in manifest.actions:
+        req = f"{a.request.method} {a.request.path}" if a.request else "(code)"
+        table.add_row(a.key, a.label, req)
+    out.print(table)
+    triggers = Table(title="Triggers")
+    triggers.add_column("key")
+    triggers.add_column("label")
+    triggers.add_column("events")
+    for t in manifest.triggers:
+        triggers.add_row(t.key, t.label, str(len(t.events)))
+    out.print(triggers)
+    sources = Table(title="Data sources")
+    sources.add_column("key")
+    sources.add_column("label")
+    sources.add_column("picklist of")
+    for d in manifest.dataSources:
+        sources.add_row(d.key, d.label, f"GET {d.picklist.path}")
+    out.print(sources)
+
+
+@app.command()
+def describe(
+    key: Annotated[str, typer.Argument(help="Action, trigger or data source key.")],
+) -> None:
+    """Show one action, trigger or data source with its inputs."""
+    manifest = _manifest()
+    item = manifest.find(key)
+    if item is None:
+        raise _fail(f"no action, trigger, data source or connection has the key '{key}'")
+    out.print(f"[bold]{item.label}[/bold] ({item.key})")
+    out.print(item.description)
+    if isinstance(item, Action) and item.request:
+        out.print(f"request: {item.request.method} {item.request.path}")
+    if getattr(item, "scope", None):
+        out.print(f"OAuth scope: {item.scope}")  # type: ignore[union-attr]
+    table = Table(title="Inputs")
+    for column in ("key", "label", "type", "required", "default", "allowed", "example"):
+        table.add_column(column, overflow="fold")
+    for i in item.inputs:
+        example = i.example if isinstance(i.example, str) or i.example is None else "(JSON)"
+        table.add_row(
+            i.key,
+            i.label,
+            i.type.value + (f" ({i.collection})" if i.collection else ""),
+            "yes" if i.required else "",
+            "" if i.default is None else str(i.default),
+            ", ".join(i.model or []),
+            example or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def validate() -> None:
+    """Check the manifest, its implementations and the committed JSON Schema."""
+    manifest = _manifest()
+    if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text(encoding="utf-8") != render_schema():
+        raise _fail(f"{SCHEMA_PATH.name} is out of date: run `pdc schema` and commit it")
+    out.print(
+        f"manifest ok: {len(manifest.actions)} actions, {len(manifest.triggers)} triggers, "
+        f"{len(manifest.dataSources)} data sources, {len(manifest.connections)} connections"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Regenerate manifest.schema.json from the pydantic models."""
+    SCHEMA_PATH.write_text(render_schema(), encoding="utf-8")
+    out.print(f"wrote {SCHEMA_PATH}")
+
+
+@app.command()
+def docs(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write the component reference in Markdown."""
+    from component.docs import render_markdown
+
+    text = render_markdown(_manifest())
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def parse_inputs(inputs_json: str | None, pairs: list[str]) -> dict[str, Any]:
+    """Merge ``--inputs-json`` (text or ``@file``) and repeated ``--input name=value``."""
+    values: dict[str, Any] = {}
+    if inputs_json:
+        text = inputs_json
+        if text.startswith("@"):
+            try:
+                text = Path(text[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"--inputs-json: cannot read {text[1:]}: {exc.strerror}") from None
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail(
+                f"--inputs-json is not valid JSON: {exc.msg} at column {exc.colno}"
+            ) from None
+        if not isinstance(loaded, dict):
+            raise _fail("--inputs-json must be a JSON object of input values")
+        values.update(loaded)
+    repeated: dict[str, list[str]] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise _fail(f"--input expects name=value, got {pair!r}")
+        repeated.setdefault(name, []).append(value)
+    for name, items in repeated.items():
+        values[name] = items[0] if len(items) == 1 else items
+    return values
+
+
+async def _run(manifest: Manifest, key: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    item = manifest.runnable(key)
+    connection = ConnectionConfig.from_env()
+    settings = ClientSettings.from_env()
+    fetches_all = isinstance(item, DataSource) or (
+        isinstance(item, Action) and str(inputs.get("fetchAll", "")).lower() == "true"
+    )
+    show_progress = fetches_all and sys.stderr.isatty()
+    async with PagerDutyClient(connection, settings) as client:
+        ctx = StepContext(manifest=manifest, client=client)
+        if not show_progress:
+            return await run_step(ctx, key, inputs)
+        with Progress(
+            TextColumn(f"{key}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        ) as bar:
+            task = bar.add_task(key, total=None)
+            ctx.progress = lambda done, total: bar.update(task, completed=done, total=total)
+            return await run_step(ctx, key, inputs)
+
+
+@app.command()
+def run(
+    key: Annotated[str, typer.Argument(help="Action or data source key.")],
+    inputs_json: Annotated[
+        str | None,
+        typer.Option("--inputs-json", help="Inputs as a JSON object, or @file.json."),
+    ] = None,
+    input_: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="One input as name=value; repeat for lists."),
+    ] = None,
+) -> None:
+    """Run an action or data source against PagerDuty and print its result as JSON.
+
+    The connection comes from PAGERDUTY_API_TOKEN (or PAGERDUTY_OAUTH_TOKEN),
+    PAGERDUTY_FROM and PAGERDUTY_REGION; PAGERDUTY_API_URL and
+    PAGERDUTY_EVENTS_URL override the base URLs.
+    """
+    manifest = _manifest()
+    try:
+        manifest.runnable(key)
+    except KeyError:
+        raise _fail(f"no action or data source has the key '{key}' (see `pdc actions`)") from None
+    values = parse_inputs(inputs_json, input_ or [])
+    try:
+        result = asyncio.run(_run(manifest, key, values))
+    except ComponentError as exc:
+        raise _fail(str(exc).replace("\n", " ")) from None
+    sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+"""The one PagerDuty HTTP client.
+
+Everything that talks to PagerDuty goes through ``PagerDutyClient``: it owns the
+base URLs (US/EU, overridable), the auth and PagerDuty headers, the ``From``
+header, the client-side request budget, retries with backoff (honouring
+``ratelimit-reset`` on 429), timeouts, and the mapping of failures to
+``PagerDutyError``. Pagination lives in ``component.pagination`` on top of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import httpx
+
+from component.errors import ConfigurationError, PagerDutyError
+from component.redact import get_logger, register_secret
+from connections import ConnectionConfig
+
+ACCEPT = "application/vnd.pagerduty+json;version=2"
+REST_URLS = {"us": "https://api.pagerduty.com", "eu": "https://api.eu.pagerduty.com"}
+EVENTS_URLS = {"us": "https://events.pagerduty.com/v2", "eu": "https://events.eu.pagerduty.com/v2"}
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+USER_AGENT = "pagerduty-connector/0.1 (+httpx)"
+
+Base = Literal["rest", "events"]
+log = get_logger("client")
+
+
+class Clock(Protocol):
+    """Time source and sleeper; tests pass a fake one to run retries instantly."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        """Monotonic seconds."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the event loop."""
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry.
+
+    ``max_retries`` bounds the attempts after the first, ``budget`` bounds the
+    total seconds spent waiting, ``retry_all_errors`` also retries 4xx and POST
+    failures (rawRequest's opt-in).
+    """
+
+    max_retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    budget: float = 120.0
+    exponential: bool = True
+    jitter: bool = True
+    retry_all_errors: bool = False
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number ``attempt + 1`` (full jitter when enabled)."""
+        delay = self.base_delay * (2**attempt) if self.exponential else self.base_delay
+        delay = min(delay, self.max_delay)
+        return random.uniform(delay / 2, delay) if self.jitter and delay > 0 else delay
+
+
+@dataclass
+class ClientSettings:
+    """Client configuration; ``from_env`` reads the documented overrides."""
+
+    api_url: str | None = None
+    events_url: str | None = None
+    timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    requests_per_minute: float | None = 960.0
+    burst: int = 16
+    page_concurrency: int = 10
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ClientSettings:
+        """Settings from ``PAGERDUTY_API_URL``, ``PAGERDUTY_EVENTS_URL`` and friends."""
+        env = dict(os.environ if env is None else env)
+        rpm = env.get("PAGERDUTY_REQUESTS_PER_MINUTE", "").strip()
+        timeout = env.get("PAGERDUTY_TIMEOUT", "").strip()
+        try:
+            return cls(
+                api_url=env.get("PAGERDUTY_API_URL") or None,
+                events_url=env.get("PAGERDUTY_EVENTS_URL") or None,
+                timeout=float(timeout) if timeout else 30.0,
+                requests_per_minute=(None if rpm == "0" else float(rpm)) if rpm else 960.0,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid PagerDuty client setting: {exc}") from None
+
+
+class RequestBudget:
+    """A token bucket keeping one connection under N requests per minute."""
+
+    def __init__(self, per_minute: float | None, burst: int, clock: Clock) -> None:
+        self.rate = per_minute / 60.0 if per_minute else None
+        self.capacity = float(max(burst, 1))
+        self.tokens = self.capacity
+        self.clock = clock
+        self.updated = clock.now()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until one request may be sent."""
+        if self.rate is None:
+            return
+        async with self._lock:
+            while True:
+                now = self.clock.now()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+                self.updated = now
+                if self.tokens >= 1:
+                    self.tokens -= 1
+                    return
+                await self.clock.sleep((1 - self.tokens) / self.rate)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    for name in ("ratelimit-reset", "retry-after"):
+        value = response.headers.get(name)
+        if value:
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                continue
+    return None
+
+
+def error_from_response(response: httpx.Response, method: str, path: str) -> PagerDutyError:
+    """Map an error response (REST or Events API shape) to ``PagerDutyError``."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = None
+    message, code, errors = response.reason_phrase or "request failed", None, []
+    if isinstance(body, dict):
+        err = body.get("error") if isinstance(body.get("error"), dict) else body
+        message = str(err.get("message") or body.get("status") or message)
+        code = err.get("code") if isinstance(err.get("code"), int) else None
+        raw_errors = err.get("errors") or []
+        errors = [str(e) for e in raw_errors] if isinstance(raw_errors, list) else [str(raw_errors)]
+    elif response.text:
+        message = response.text[:300]
+    return PagerDutyError(
+        message,
+        status=response.status_code,
+        code=code,
+        errors=errors,
+        method=method,
+        path=path,
+        body=body,
+    )
+
+
+class PagerDutyClient:
+    """Async client for PagerDuty's REST API v2 and Events API v2 for one connection."""
+
+    def __init__(
+        self,
+        connection: ConnectionConfig | None,
+        settings: ClientSettings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.connection = connection
+        self.settings = settings or ClientSettings()
+        self.clock = clock or SystemClock()
+        region = connection.region if connection else "us"
+        self.rest_url = (self.settings.api_url or REST_URLS[region]).rstrip("/")
+        self.events_url = (self.settings.events_url or EVENTS_URLS[region]).rstrip("/")
+        self.budget = RequestBudget(
+            self.settings.requests_per_minute, self.settings.burst, self.clock
+        )
+        if connection:
+            register_secret(connection.secret)
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            timeout=self.settings.timeout,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> PagerDutyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the underlying connection pool."""
+        await self._http.aclose()
+
+    def url_for(self, path: str, base: Base = "rest") -> str:
+        """Absolute URL of ``path`` under the REST or Events base."""
+        root = self.rest_url if base == "rest" else self.events_url
+        return f"{root}/{path.lstrip('/')}"
+
+    def _headers(
+        self, base: Base, from_email: str | None, requires_from: bool, extra: dict[str, str] | None
+    ) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if base == "rest":
+            headers["Accept"] = ACCEPT
+            headers["Content-Type"] = "application/json"
+            sender = from_email or (self.connection.from_email if self.connection else None)
+            if sender:
+                headers["From"] = sender
+            elif requires_from:
+                raise ConfigurationError(
+                    "PagerDuty requires a From header (the email of a user on the account) "
+                    "for this request: set the connection's default From email "
+                    "(PAGERDUTY_FROM for the CLI) or the step's 'from' input"
+                )
+        else:
+            headers["Content-Type"] = "application/json"
+        for name, value in (extra or {}).items():
+            if name.lower() == "authorization":
+                continue  # the connection's auth is the only credential we send
+            headers[name] = value
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        base: Base = "rest",
+        params: list[tuple[str, Any]] | None = None,
+        json: Any = None,
+        content: bytes | str | None = None,
+        data: dict[str, Any] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+        headers: dict[str, str] | None = None,
+        from_email: str | None = None,
+        requires_from: bool = False,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpx per-request timeout)
+        url: str | None = None,
+    ) -> httpx.Response:
+        """Send one request with retries; return the successful response.
+
+        Raises ``ConfigurationError`` before sending when the request cannot be
+        made, and ``PagerDutyError`` when PagerDuty answers an error or cannot be
+        reached within the retry policy.
+        """
+        method = method.upper()
+        policy = retry or self.settings.retry
+        target = url or self.url_for(path, base)
+        hdrs = self._headers(base, from_email, requires_from, headers)
+        if multipart := bool(files or data):
+            hdrs.pop("Content-Type", None)  # httpx sets the multipart boundary
+        auth = self.connection.auth() if (self.connection and base == "rest") else None
+        request = self._http.build_request(
+            method,
+            target,
+            params=_encode_params(params),
+            json=json if not multipart and content is None else None,
+            content=content,
+            data=data,
+            files=files,
+            headers=hdrs,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+        )
+        return await self._send_with_retries(request, auth, policy, path)
+
+    async def _send_with_retries(
+        self, request: httpx.Request, auth: httpx.Auth | None, policy: RetryPolicy, path: str
+    ) -> httpx.Response:
+        method = request.method
+        deadline = self.clock.now() + policy.budget
+        attempt = 0
+        while True:
+            await self.budget.acquire()
+            started = self.clock.now()
+            try:
+                response = await self._http.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT)
+            except httpx.TransportError as exc:
+                not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                retryable = method in IDEMPOTENT or not_sent or policy.retry_all_errors
+                error = PagerDutyError(
+                    f"could not reach PagerDuty ({type(exc).__name__})", method=method, path=path
+                )
+                delay = policy.backoff(attempt)
+            else:
+                log.debug(
+                    "%s %s -> %s in %.0f ms",
+                    method,
+                    path,
+                    response.status_code,
+                    (self.clock.now() - started) * 1000,
+                )
+                if response.status_code < 400:
+                    return response
+                await response.aread()
+                error = error_from_response(response, method, path)
+                status = response.status_code
+                if status == 429:
+                    retryable = True
+                    reset = _retry_after(response)
+                    delay = reset if reset is not None else policy.backoff(attempt)
+                else:
+                    retryable = (status >= 500 and method in IDEMPOTENT) or policy.retry_all_errors
+                    delay = policy.backoff(attempt)
+            if not retryable or attempt >= policy.max_retries:
+                raise error
+            if self.clock.now() + delay > deadline:
+                error.message += f" (retry budget of {policy.budget:g}s exhausted)"
+                error.args = (error._render(),)
+                raise error
+            log.info("retrying %s %s in %.2fs (attempt %d)", method, path, delay, attempt + 2)
+            await self.clock.sleep(delay)
+            attempt += 1
+
+    async def request_json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``request`` and decode the JSON body (``None`` for an empty body)."""
+        response = await self.request(method, path, **kwargs)
+        return decode_json(response, method, path)
+
+
+def decode_json(response: httpx.Response, method: str, path: str) -> Any:
+    """The response's JSON body, ``None`` when empty; a clear error when not JSON."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise PagerDutyError(
+            "PagerDuty answered with a body that is not JSON",
+            status=response.status_code,
+            method=method,
+            path=path,
+        ) from None
+
+
+def _encode_params(params: list[tuple[str, Any]] | None) -> list[tuple[str, str]] | None:
+    """Render query values the way PagerDuty expects (booleans as true/false)."""
+    if not params:
+        return None
+    out: list[tuple[str, str]] = []
+    for name, value in params:
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        out.append((name, str(value)))
+    return out

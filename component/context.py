@@ -1,0 +1,22 @@
+"""What a step receives besides its inputs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from component.client import PagerDutyClient
+from component.manifest import Manifest
+from component.pagination import Progress
+from component.redact import get_logger
+
+
+@dataclass
+class StepContext:
+    """The manifest, the connection's client, the instance's webhook URLs, progress."""
+
+    manifest: Manifest
+    client: PagerDutyClient
+    webhook_urls: dict[str, str] = field(default_factory=dict)
+    progress: Progress | None = None
+    logger: logging.Logger = field(default_factory=lambda: get_logger("step"))

@@ -1,0 +1,138 @@
+"""Fetch every page of a PagerDuty list endpoint (classic offset pagination).
+
+The first page asks for ``total``. When PagerDuty reports it, the remaining
+pages are requested concurrently (bounded by the client's page concurrency and
+request budget); otherwise pages are read one after another, advancing
+``offset`` by the items received. Either way reading stops when ``more`` is
+false or a page is empty, and never goes past PagerDuty's ``offset + limit <=
+10000`` cap: hitting it adds a warning instead of truncating silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from component.client import PagerDutyClient
+from component.errors import PagerDutyError
+
+PAGE_SIZE = 100
+MAX_RECORDS = 10_000  # PagerDuty rejects offset + limit > 10000
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass
+class PageResult:
+    """Every item read, de-duplicated by ``id``, and any warnings."""
+
+    items: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    total: int | None = None
+    requests: int = 0
+
+
+def _cap_warning(path: str, fetched: int, total: int | None) -> str:
+    of_total = f" of {total}" if total is not None else ""
+    return (
+        f"GET {path}: PagerDuty returns at most {MAX_RECORDS} records through offset "
+        f"pagination; {fetched}{of_total} were fetched. Narrow the query (for example "
+        "since/until or filters) to read the rest."
+    )
+
+
+class _Pager:
+    def __init__(
+        self,
+        client: PagerDutyClient,
+        path: str,
+        collection: str,
+        params: list[tuple[str, Any]],
+        progress: Progress | None,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.collection = collection
+        self.params = [(k, v) for k, v in params if k not in ("limit", "offset", "total")]
+        self.progress = progress
+        self.result = PageResult()
+        self.fetched = 0
+
+    async def page(self, offset: int, total: bool = False) -> tuple[list[Any], bool, int | None]:
+        params = [*self.params, ("limit", PAGE_SIZE), ("offset", offset)]
+        if total:
+            params.append(("total", True))
+        body = await self.client.request_json("GET", self.path, params=params)
+        self.result.requests += 1
+        if not isinstance(body, dict) or not isinstance(body.get(self.collection), list):
+            raise PagerDutyError(
+                f"expected a '{self.collection}' array in the response",
+                method="GET",
+                path=self.path,
+            )
+        items = body[self.collection]
+        self.fetched += len(items)
+        if self.progress:
+            self.progress(self.fetched, self.result.total)
+        reported = body.get("total")
+        return items, bool(body.get("more")), reported if isinstance(reported, int) else None
+
+    async def run(self) -> PageResult:
+        items, more, total = await self.page(0, total=True)
+        self.result.total = total
+        pages: list[list[Any]] = [items]
+        offset = len(items)
+        if more and items and total is not None:
+            offsets = list(range(PAGE_SIZE, min(total, MAX_RECORDS), PAGE_SIZE))
+            if offsets:
+                fetched = await self._concurrent(offsets)
+                pages += [page_items for page_items, _ in fetched]
+                items, more = fetched[-1]
+                offset = offsets[-1] + len(items)
+        # The total is a snapshot: keep reading while the last page still says "more".
+        while more and items and offset + PAGE_SIZE <= MAX_RECORDS:
+            items, more, _ = await self.page(offset)
+            pages.append(items)
+            offset += len(items)
+        self.result.items = _unique_by_id(pages)
+        if (more and items) or (total is not None and total > MAX_RECORDS):
+            self.result.warnings.append(_cap_warning(self.path, len(self.result.items), total))
+        return self.result
+
+    async def _concurrent(self, offsets: list[int]) -> list[tuple[list[Any], bool]]:
+        limit = asyncio.Semaphore(max(self.client.settings.page_concurrency, 1))
+
+        async def one(offset: int) -> tuple[list[Any], bool]:
+            async with limit:
+                items, more, _ = await self.page(offset)
+                return items, more
+
+        return list(await asyncio.gather(*(one(o) for o in offsets)))
+
+
+def _unique_by_id(pages: list[list[Any]]) -> list[Any]:
+    """Concatenate pages, dropping repeats of an ``id`` (pages shift while read)."""
+    seen: set[Any] = set()
+    out: list[Any] = []
+    for page_items in pages:
+        for item in page_items:
+            key = item.get("id") if isinstance(item, dict) else None
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            out.append(item)
+    return out
+
+
+async def fetch_all(
+    client: PagerDutyClient,
+    path: str,
+    collection: str,
+    params: list[tuple[str, Any]] | None = None,
+    progress: Progress | None = None,
+) -> PageResult:
+    """Read every page of ``path`` and return the items of ``collection``."""
+    return await _Pager(client, path, collection, params or [], progress).run()

@@ -1,0 +1,86 @@
+"""Connection types: what a step authenticates to PagerDuty with.
+
+``pagerduty-api-key`` sends ``Authorization: Token token=<key>``;
+``pagerduty-oauth`` sends ``Authorization: Bearer <access token>``. Both are
+``httpx.Auth`` classes so the client never builds the header itself, and the
+OAuth class can later refresh and retry after a 401 without the client knowing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import httpx
+
+from component.errors import ConfigurationError
+
+Region = Literal["us", "eu"]
+ConnectionKind = Literal["apiKey", "oauth2"]
+
+
+class TokenAuth(httpx.Auth):
+    """PagerDuty REST API key: ``Authorization: Token token=<key>``."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = f"Token token={api_key}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Set the header on the outgoing request."""
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+class BearerAuth(httpx.Auth):
+    """OAuth 2.0 access token: ``Authorization: Bearer <token>``."""
+
+    def __init__(self, access_token: str) -> None:
+        self._header = f"Bearer {access_token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Set the header on the outgoing request."""
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """A resolved connection: its kind, secret, default From email and region."""
+
+    kind: ConnectionKind
+    secret: str = field(repr=False)
+    from_email: str | None = None
+    region: Region = "us"
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ConfigurationError(f"the {self.kind} connection has no token")
+        if self.region not in ("us", "eu"):
+            raise ConfigurationError(f"region must be 'us' or 'eu', got {self.region!r}")
+
+    def auth(self) -> httpx.Auth:
+        """The ``httpx.Auth`` that signs REST requests for this connection."""
+        return TokenAuth(self.secret) if self.kind == "apiKey" else BearerAuth(self.secret)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ConnectionConfig:
+        """Build the CLI's connection from ``PAGERDUTY_*`` environment variables."""
+        env = dict(os.environ if env is None else env)
+        api = env.get("PAGERDUTY_API_TOKEN", "").strip()
+        oauth = env.get("PAGERDUTY_OAUTH_TOKEN", "").strip()
+        if not api and not oauth:
+            raise ConfigurationError(
+                "no PagerDuty credentials: set PAGERDUTY_API_TOKEN (a REST API key) "
+                "or PAGERDUTY_OAUTH_TOKEN (an OAuth access token)"
+            )
+        region = env.get("PAGERDUTY_REGION", "us").strip().lower() or "us"
+        if region not in ("us", "eu"):
+            raise ConfigurationError(f"PAGERDUTY_REGION must be 'us' or 'eu', got {region!r}")
+        return cls(
+            kind="apiKey" if api else "oauth2",
+            secret=api or oauth,
+            from_email=env.get("PAGERDUTY_FROM", "").strip() or None,
+            region=region,  # type: ignore[arg-type]
+        )

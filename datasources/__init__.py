@@ -1,0 +1,1 @@
+"""Data sources: picklists a builder chooses from when configuring a step."""

@@ -1,0 +1,33 @@
+"""The picklist data source kind: every page of a list endpoint as ``{label, key}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from component.context import StepContext
+from component.inputs import CleanedInputs
+from component.manifest import DataSource
+from component.pagination import fetch_all
+from component.registry import datasource_kind
+
+
+@datasource_kind("picklist")
+async def run_picklist(
+    ctx: StepContext, source: DataSource, inputs: CleanedInputs
+) -> dict[str, Any]:
+    """Fetch all pages and return ``{"result": [{label, key}], ...}`` sorted by label."""
+    spec = source.picklist
+    page = await fetch_all(ctx.client, spec.path, spec.collection, progress=ctx.progress)
+    options = [
+        {
+            "label": str(item.get(spec.labelField) or item.get(spec.keyField)),
+            "key": item[spec.keyField],
+        }
+        for item in page.items
+        if isinstance(item, dict) and spec.keyField in item
+    ]
+    options.sort(key=lambda o: (o["label"].casefold(), str(o["key"])))
+    result: dict[str, Any] = {"result": options}
+    if page.warnings:
+        result["warnings"] = page.warnings
+    return result

@@ -1,0 +1,1 @@
+"""Webhook triggers backed by PagerDuty V3 webhook subscriptions."""
