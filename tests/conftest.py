@@ -1,0 +1,107 @@
+"""Shared fixtures: the manifest, a fake clock, PagerDuty mocked by respx.
+
+Every request captured by the ``pd`` mock is validated against PagerDuty's
+official OpenAPI document when the test ends (unless the test is marked
+``no_spec`` because it deliberately calls a path outside the spec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import respx
+
+from component.client import ClientSettings, PagerDutyClient, RetryPolicy
+from component.context import StepContext
+from component.manifest import Manifest, load_manifest
+from component.registry import check_implementations
+from component.requester import run_step
+from connections import ConnectionConfig
+from tests.openapi import validate_request
+
+API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
+FROM = "oncall@example.com"
+REST = "https://api.pagerduty.com"
+EVENTS = "https://events.pagerduty.com/v2"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "no_spec: requests here are not checked against the spec")
+
+
+class FakeClock:
+    """A clock whose sleeps return at once and are recorded."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(scope="session")
+def manifest() -> Manifest:
+    loaded = load_manifest()
+    check_implementations(loaded)
+    return loaded
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def pd(request: pytest.FixtureRequest) -> Iterator[respx.MockRouter]:
+    """respx for PagerDuty; unmatched requests fail; captured requests checked vs spec."""
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        yield router
+    if request.node.get_closest_marker("no_spec") is None:
+        for call in router.calls:
+            validate_request(call.request)
+
+
+MakeCtx = Callable[..., StepContext]
+
+
+@pytest.fixture
+async def make_ctx(manifest: Manifest, clock: FakeClock) -> AsyncIterator[MakeCtx]:
+    clients: list[PagerDutyClient] = []
+
+    def make(
+        *,
+        from_email: str | None = FROM,
+        kind: str = "apiKey",
+        secret: str = API_KEY,
+        region: str = "us",
+        settings: ClientSettings | None = None,
+        webhook_urls: dict[str, str] | None = None,
+    ) -> StepContext:
+        settings = settings or ClientSettings(retry=RetryPolicy(jitter=False))
+        connection = ConnectionConfig(kind, secret, from_email, region)  # type: ignore[arg-type]
+        client = PagerDutyClient(connection, settings, clock=clock)
+        clients.append(client)
+        return StepContext(manifest=manifest, client=client, webhook_urls=webhook_urls or {})
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def run(make_ctx: MakeCtx) -> Callable[..., Any]:
+    """``await run(key, inputs, **ctx_options)`` runs one step."""
+
+    async def go(key: str, inputs: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return await run_step(make_ctx(**options), key, inputs)
+
+    return go
