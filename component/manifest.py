@@ -237,7 +237,9 @@ class Manifest(_Strict):
         ):
             for item in items:
                 if item.key in seen:
-                    raise ValueError(f"key '{item.key}' is used by a {seen[item.key]} and a {kind}")
+                    raise ValueError(
+                        f"key '{item.key}' is declared twice ({seen[item.key]}, {kind})"
+                    )
                 seen[item.key] = kind
         return self
 
@@ -256,7 +258,7 @@ class Manifest(_Strict):
         return None
 
 
-def _resolve_refs(raw: dict[str, Any]) -> dict[str, Any]:
+def resolve_refs(raw: dict[str, Any]) -> dict[str, Any]:
     """Replace ``{ref: name, ...overrides}`` inputs by their definitions."""
     defs = raw.pop("inputDefinitions", {}) or {}
     for section in ("actions", "triggers", "dataSources", "connections"):
@@ -292,7 +294,7 @@ def _location(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 def parse_manifest(raw: dict[str, Any]) -> Manifest:
     """Validate raw manifest data; raise ``ManifestError`` naming the offending key."""
-    raw = _resolve_refs(json.loads(json.dumps(raw)))
+    raw = resolve_refs(json.loads(json.dumps(raw)))
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
