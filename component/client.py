@@ -129,8 +129,10 @@ class RequestBudget:
                 now = self.clock.now()
                 self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
                 self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                # The tolerance stops float rounding from producing ever-smaller waits
+                # that never advance a large monotonic clock value.
+                if self.tokens >= 1 - 1e-6:
+                    self.tokens = max(self.tokens - 1, 0.0)
                     return
                 await self.clock.sleep((1 - self.tokens) / self.rate)
 
