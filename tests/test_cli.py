@@ -1,0 +1,191 @@
+"""``pdc`` from a terminal: list, describe, validate, docs, and run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import respx
+from typer.testing import CliRunner
+
+from component.cli import app
+from component.manifest import Manifest
+from tests.conftest import API_KEY, REST
+
+ENV = {
+    "PAGERDUTY_API_TOKEN": API_KEY,
+    "PAGERDUTY_FROM": "cli@example.com",
+    "PAGERDUTY_REGION": "us",
+}
+INCIDENT = {"incident": {"id": "PT4KHLK", "title": "Disk full"}}
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    return CliRunner()
+
+
+def test_actions_lists_everything(cli: CliRunner, manifest: Manifest) -> None:
+    result = cli.invoke(app, ["actions"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for item in (*manifest.actions, *manifest.triggers, *manifest.dataSources):
+        assert item.key in result.output
+
+
+def test_describe_shows_inputs(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["describe", "createIncidentNote"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "POST /incidents/{id}/notes" in result.output
+    for key in ("id", "note", "from"):
+        assert f"│ {key} " in result.output
+    missing = cli.invoke(app, ["describe", "nope"])
+    assert missing.exit_code == 1 and "no action, trigger" in missing.stderr
+
+
+def test_validate_and_docs(cli: CliRunner, manifest: Manifest, tmp_path: Path) -> None:
+    result = cli.invoke(app, ["validate"])
+    assert result.exit_code == 0 and "manifest ok: 43 actions" in result.output
+    target = tmp_path / "reference.md"
+    assert cli.invoke(app, ["docs", "--output", str(target)]).exit_code == 0
+    text = target.read_text()
+    for action in manifest.actions:
+        assert f"(`{action.key}`)" in text
+
+
+def test_run_prints_json(cli: CliRunner) -> None:
+    with respx.mock(assert_all_mocked=True) as pd:
+        route = pd.get(f"{REST}/incidents/PT4KHLK").respond(json=INCIDENT)
+        result = cli.invoke(app, ["run", "getIncident", "--input", "id=PT4KHLK"], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"data": INCIDENT}
+    assert route.calls.last.request.headers["From"] == "cli@example.com"
+
+
+def test_run_reads_inputs_from_a_file_and_repeats_list_inputs(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"limit": "5"}))
+    with respx.mock(assert_all_mocked=True) as pd:
+        route = pd.get(f"{REST}/incidents").respond(json={"incidents": []})
+        result = cli.invoke(
+            app,
+            [
+                "run",
+                "listIncidents",
+                "--inputs-json",
+                f"@{inputs}",
+                "-i",
+                "statuses=triggered",
+                "-i",
+                "statuses=acknowledged",
+            ],
+            env=ENV,
+        )
+    assert result.exit_code == 0, result.output
+    assert list(route.calls.last.request.url.params.multi_items()) == [
+        ("limit", "5"),
+        ("statuses[]", "triggered"),
+        ("statuses[]", "acknowledged"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["run", "getIncident"], ENV, "error: getIncident: input 'id': is required"),
+        (["run", "nope"], ENV, "error: no action or data source has the key 'nope'"),
+        (
+            ["run", "getIncident", "--inputs-json", "{"],
+            ENV,
+            "error: --inputs-json is not valid JSON",
+        ),
+        (["run", "getIncident", "-i", "id"], ENV, "error: --input expects name=value"),
+        (["run", "getIncident", "-i", "id=P1"], {}, "error: no PagerDuty credentials"),
+    ],
+)
+def test_run_failures_are_one_line_on_stderr(
+    cli: CliRunner, args: list[str], env: dict[str, str], message: str
+) -> None:
+    clean_env = {k: "" for k in ENV} | env
+    with respx.mock(assert_all_mocked=True, assert_all_called=False) as pd:
+        catch_all = pd.route().respond(200, json={})
+        result = cli.invoke(app, args, env=clean_env)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip().startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not catch_all.called
+
+
+def test_run_reports_pagerduty_errors_without_the_token(cli: CliRunner) -> None:
+    with respx.mock(assert_all_mocked=True) as pd:
+        pd.get(f"{REST}/incidents/P1").respond(404, json={"error": {"message": "Not Found"}})
+        result = cli.invoke(app, ["run", "getIncident", "-i", "id=P1"], env=ENV)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: GET /incidents/P1: HTTP 404: Not Found"
+    assert API_KEY not in result.output + result.stderr
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list[dict[str, Any]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append({"path": self.path, "headers": dict(self.headers)})
+        body = json.dumps(INCIDENT).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def local_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_pdc_process_against_a_local_server(local_api: str) -> None:
+    env = {**os.environ, **ENV, "PAGERDUTY_API_URL": local_api}
+    done = subprocess.run(
+        [sys.executable, "-m", "component.cli", "run", "getIncident", "-i", "id=PT4KHLK"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"data": INCIDENT}
+    request = _Recorder.seen[-1]
+    assert request["path"] == "/incidents/PT4KHLK"
+    assert request["headers"]["Authorization"] == f"Token token={API_KEY}"
+
+
+def test_only_the_client_opens_http_connections() -> None:
+    """Nothing but the client imports an HTTP library (one client owns PagerDuty)."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("component", "connections", "actions", "triggers", "datasources"):
+        for path in (root / package).glob("*.py"):
+            if path.name == "client.py":
+                continue
+            text = path.read_text()
+            if any(s in text for s in ("AsyncClient(", "import requests", "urllib.request")):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []
