@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from component.client import PagerDutyClient
@@ -112,19 +113,33 @@ class _Pager:
         return list(await asyncio.gather(*(one(o) for o in offsets)))
 
 
+def _item_id(item: Any) -> Any:
+    return item.get("id") if isinstance(item, dict) else None
+
+
 def _unique_by_id(pages: list[list[Any]]) -> list[Any]:
-    """Concatenate pages, dropping repeats of an ``id`` (pages shift while read)."""
-    seen: set[Any] = set()
-    out: list[Any] = []
-    for page_items in pages:
-        for item in page_items:
-            key = item.get("id") if isinstance(item, dict) else None
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
-            out.append(item)
-    return out
+    """Concatenate pages, dropping repeats of an ``id`` (pages shift while read).
+
+    Repeats are found by sorting the ids rather than hashing all of them: a sorted
+    list of references costs a fraction of a set over every id, and only the ids
+    that really repeat are then tracked while filtering.
+    """
+    items = [item for page in pages for item in page]
+    ids = sorted(str(i) for i in map(_item_id, items) if i is not None)
+    repeated = {a for a, b in pairwise(ids) if a == b}
+    del ids
+    if not repeated:
+        return items
+    seen: set[str] = set()
+    unique: list[Any] = []
+    for item in items:
+        key = _item_id(item)
+        if key is not None and str(key) in repeated:
+            if str(key) in seen:
+                continue
+            seen.add(str(key))
+        unique.append(item)
+    return unique
 
 
 async def fetch_all(
