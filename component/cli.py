@@ -53,31 +53,44 @@ def _manifest() -> Manifest:
     return manifest
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 @app.command()
 def actions() -> None:
     """List every action, trigger and data source."""
     manifest = _manifest()
-    table = Table(title=f"{manifest.label}: {len(manifest.actions)} actions")
-    for column in ("key", "label", "request"):
-        table.add_column(column)
-    for a in manifest.actions:
-        req = f"{a.request.method} {a.request.path}" if a.request else "(code)"
-        table.add_row(a.key, a.label, req)
-    out.print(table)
-    triggers = Table(title="Triggers")
-    triggers.add_column("key")
-    triggers.add_column("label")
-    triggers.add_column("events")
-    for t in manifest.triggers:
-        triggers.add_row(t.key, t.label, str(len(t.events)))
-    out.print(triggers)
-    sources = Table(title="Data sources")
-    sources.add_column("key")
-    sources.add_column("label")
-    sources.add_column("picklist of")
-    for d in manifest.dataSources:
-        sources.add_row(d.key, d.label, f"GET {d.picklist.path}")
-    out.print(sources)
+    request = {
+        a.key: f"{a.request.method} {a.request.path}" if a.request else "(code)"
+        for a in manifest.actions
+    }
+    out.print(
+        _table(
+            f"{manifest.label}: {len(manifest.actions)} actions",
+            ("key", "label", "request"),
+            [(a.key, a.label, request[a.key]) for a in manifest.actions],
+        )
+    )
+    out.print(
+        _table(
+            "Triggers",
+            ("key", "label", "events"),
+            [(t.key, t.label, str(len(t.events))) for t in manifest.triggers],
+        )
+    )
+    out.print(
+        _table(
+            "Data sources",
+            ("key", "label", "picklist of"),
+            [(d.key, d.label, f"GET {d.picklist.path}") for d in manifest.dataSources],
+        )
+    )
 
 
 @app.command()
@@ -95,21 +108,20 @@ def describe(
         out.print(f"request: {item.request.method} {item.request.path}")
     if getattr(item, "scope", None):
         out.print(f"OAuth scope: {item.scope}")  # type: ignore[union-attr]
-    table = Table(title="Inputs")
-    for column in ("key", "label", "type", "required", "default", "allowed", "example"):
-        table.add_column(column, overflow="fold")
-    for i in item.inputs:
-        example = i.example if isinstance(i.example, str) or i.example is None else "(JSON)"
-        table.add_row(
+    rows = [
+        (
             i.key,
             i.label,
             i.type.value + (f" ({i.collection})" if i.collection else ""),
             "yes" if i.required else "",
             "" if i.default is None else str(i.default),
             ", ".join(i.model or []),
-            example or "",
+            i.example if isinstance(i.example, str) else "" if i.example is None else "(JSON)",
         )
-    out.print(table)
+        for i in item.inputs
+    ]
+    columns = ("key", "label", "type", "required", "default", "allowed", "example")
+    out.print(_table("Inputs", columns, rows))
 
 
 @app.command()

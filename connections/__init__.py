@@ -21,28 +21,26 @@ Region = Literal["us", "eu"]
 ConnectionKind = Literal["apiKey", "oauth2"]
 
 
-class TokenAuth(httpx.Auth):
+class HeaderAuth(httpx.Auth):
+    """Sets a fixed ``Authorization`` value; the OAuth flow will refresh it in place."""
+
+    def __init__(self, value: str) -> None:
+        self._header = value
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Set the header on the outgoing request."""
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+def token_auth(api_key: str) -> HeaderAuth:
     """PagerDuty REST API key: ``Authorization: Token token=<key>``."""
-
-    def __init__(self, api_key: str) -> None:
-        self._header = f"Token token={api_key}"
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Set the header on the outgoing request."""
-        request.headers["Authorization"] = self._header
-        yield request
+    return HeaderAuth(f"Token token={api_key}")
 
 
-class BearerAuth(httpx.Auth):
+def bearer_auth(access_token: str) -> HeaderAuth:
     """OAuth 2.0 access token: ``Authorization: Bearer <token>``."""
-
-    def __init__(self, access_token: str) -> None:
-        self._header = f"Bearer {access_token}"
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Set the header on the outgoing request."""
-        request.headers["Authorization"] = self._header
-        yield request
+    return HeaderAuth(f"Bearer {access_token}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ class ConnectionConfig:
 
     def auth(self) -> httpx.Auth:
         """The ``httpx.Auth`` that signs REST requests for this connection."""
-        return TokenAuth(self.secret) if self.kind == "apiKey" else BearerAuth(self.secret)
+        return token_auth(self.secret) if self.kind == "apiKey" else bearer_auth(self.secret)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ConnectionConfig:

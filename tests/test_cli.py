@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
+from bench.fetch_all import serve
 from component.cli import app
 from component.manifest import Manifest
 from tests.conftest import API_KEY, REST
@@ -135,46 +135,33 @@ def test_run_reports_pagerduty_errors_without_the_token(cli: CliRunner) -> None:
     assert API_KEY not in result.output + result.stderr
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    seen: list[dict[str, Any]] = []
-
-    def do_GET(self) -> None:
-        self.seen.append({"path": self.path, "headers": dict(self.headers)})
-        body = json.dumps(INCIDENT).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def local_api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """The benchmark's PagerDuty-like list server, in its own process on 127.0.0.1."""
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    server = multiprocessing.get_context("spawn").Process(
+        target=serve, args=(queue, 150, 0.0), daemon=True
+    )
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{queue.get(timeout=60)}"
+    finally:
+        server.terminate()
+        server.join()
 
 
 def test_pdc_process_against_a_local_server(local_api: str) -> None:
     env = {**os.environ, **ENV, "PAGERDUTY_API_URL": local_api}
     done = subprocess.run(
-        [sys.executable, "-m", "component.cli", "run", "getIncident", "-i", "id=PT4KHLK"],
+        [sys.executable, "-m", "component.cli", "run", "listIncidents", "-i", "fetchAll=true"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"data": INCIDENT}
-    request = _Recorder.seen[-1]
-    assert request["path"] == "/incidents/PT4KHLK"
-    assert request["headers"]["Authorization"] == f"Token token={API_KEY}"
+    listed = json.loads(done.stdout)["data"]["incidents"]
+    assert [i["id"] for i in listed] == [f"Q{n:012d}" for n in range(150)]
 
 
 def test_only_the_client_opens_http_connections() -> None:
