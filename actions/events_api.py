@@ -7,6 +7,7 @@ and register the routing key as a secret: it is never logged or echoed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from component.context import StepContext
@@ -16,6 +17,7 @@ from component.redact import register_secret
 from component.registry import action
 
 SEVERITIES = ("critical", "error", "warning", "info")
+_BARE_OFFSET = re.compile(r"([+-]\d{2})(\d{2})$")
 EVENT_ACTIONS = ("trigger", "acknowledge", "resolve")
 
 
@@ -36,6 +38,20 @@ def _checked_event(owner: str, inputs: CleanedInputs) -> dict[str, Any]:
     if not isinstance(routing_key, str):
         raise InputError(owner, "event", "'routing_key' must be a string")
     register_secret(routing_key)
+    return _rfc3339_timestamp(event)
+
+
+def _rfc3339_timestamp(event: dict[str, Any]) -> dict[str, Any]:
+    """Write ``payload.timestamp`` offsets as ``+00:00``, not ``+0000``.
+
+    PagerDuty's own examples use ``2015-07-17T08:42:58.315+0000``, which is ISO 8601
+    but not the RFC 3339 ``date-time`` its OpenAPI document asks for.
+    """
+    payload = event.get("payload")
+    stamp = payload.get("timestamp") if isinstance(payload, dict) else None
+    if isinstance(stamp, str) and _BARE_OFFSET.search(stamp):
+        payload = {**payload, "timestamp": _BARE_OFFSET.sub(r"\1:\2", stamp)}
+        return {**event, "payload": payload}
     return event
 
 

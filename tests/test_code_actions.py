@@ -188,6 +188,12 @@ async def test_raw_request_debug_log_is_redacted(
 # --- Events API -------------------------------------------------------------
 
 
+def rfc3339(event: dict[str, Any]) -> dict[str, Any]:
+    """The reference example with its ``+0000`` offset written as ``+00:00``."""
+    payload = {**event["payload"], "timestamp": "2015-07-17T08:42:58.315+00:00"}
+    return {**event, "payload": payload}
+
+
 async def test_send_event_reference_example(
     manifest: Manifest,
     pd: respx.MockRouter,
@@ -201,7 +207,8 @@ async def test_send_event_reference_example(
     route = pd.post(f"{EVENTS}/enqueue").respond(202, json=answer)
     assert await run("sendEvent", {"event": event}) == {"data": answer}
     sent = route.calls.last.request
-    assert json.loads(sent.content) == event
+    assert event["payload"]["timestamp"] == "2015-07-17T08:42:58.315+0000"
+    assert json.loads(sent.content) == rfc3339(event)
     assert "Authorization" not in sent.headers
     assert event["routing_key"] not in "\n".join(r.getMessage() for r in caplog.records)
 
@@ -213,7 +220,7 @@ async def test_send_change_event_reference_example(
     event = examples(action)["event"]
     route = pd.post(f"{EVENTS}/change/enqueue").respond(202, json={"status": "success"})
     await run("sendChangeEvent", {"event": event})
-    assert json.loads(route.calls.last.request.content) == event
+    assert json.loads(route.calls.last.request.content) == rfc3339(event)
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,7 @@ async def test_include_and_status_lists_repeat_the_parameter(
     assert queries == [[("include[]", "users"), ("include[]", "teams")], [("include[]", "users")]]
 
 
+@pytest.mark.no_spec  # openapi-core reads the escaped "/" as a path separator
 async def test_path_values_are_escaped(pd: respx.MockRouter, run: Callable[..., Any]) -> None:
     route = pd.get(f"{REST}/incidents/a%2Fb%3Fc").respond(json={"incident": {}})
     await run("getIncident", {"id": "a/b?c"})

@@ -121,7 +121,8 @@ async def test_cap_applies_without_a_total_too(
     server = PagedList("notifications", incidents(10_500), report_total=False)
     pd.get(f"{REST}/notifications").mock(side_effect=server)
     result = await run(
-        "listNotifications", {"fetchAll": True, "since": "2024-01-01", "until": "2024-02-01"}
+        "listNotifications",
+        {"fetchAll": True, "since": "2024-01-01T00:00:00Z", "until": "2024-02-01T00:00:00Z"},
     )
     assert max(server.offsets) == 9_900
     assert len(result["data"]["notifications"]) == 10_000

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.openapi import validate_request
+from component.manifest import load_manifest
+from tests.openapi import request_examples, template_for, validate_request
 
 HEADERS = {
     "Accept": "application/vnd.pagerduty+json;version=2",
@@ -48,3 +49,78 @@ def test_a_valid_request_passes() -> None:
 def test_invalid_requests_are_rejected(request_: httpx.Request) -> None:
     with pytest.raises(Exception, match=r"(?i)invalid|missing|error"):
         validate_request(request_)
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_pd_fixture_fails_a_test_whose_request_breaks_the_spec(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest("from tests.conftest import *  # noqa: F403")
+    pytester.makepyfile(
+        """
+        import httpx
+
+        async def test_sends_a_double_wrapped_note(pd):
+            pd.post("https://api.pagerduty.com/incidents/P1/notes").respond(201, json={})
+            headers = {
+                "Accept": "application/vnd.pagerduty+json;version=2",
+                "Authorization": "Token token=x",
+                "From": "a@example.com",
+            }
+            async with httpx.AsyncClient() as client:
+                await client.post(
+                    "https://api.pagerduty.com/incidents/P1/notes",
+                    headers=headers,
+                    json={"note": {"note": "x"}},
+                )
+        """
+    )
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "asyncio",
+        "-o",
+        "asyncio_mode=auto",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*InvalidRequestBody*"])
+
+
+def _declared_operations() -> list[tuple[str, str, str]]:
+    operations = []
+    for action in load_manifest().actions:
+        request = action.request
+        if request is None or request.base != "rest":
+            continue
+        concrete = request.path
+        for name in request.path_params:
+            concrete = concrete.replace("{" + name + "}", "P1")
+        template = template_for(concrete)
+        assert template is not None, action.key
+        operations.append((request.method, template, concrete))
+    return operations
+
+
+def test_spec_request_examples_need_exactly_these_patches() -> None:
+    """The published document rejects its own request examples; the patched one does not."""
+    rejected_by_published = []
+    for method, template, concrete in _declared_operations():
+        for example in request_examples(method, template):
+            request_ = rest(method, concrete, json=example)
+            validate_request(request_)
+            try:
+                validate_request(request_, fix=False)
+            except Exception:
+                rejected_by_published.append((method, template))
+    assert ("POST", "/incidents") in rejected_by_published  # readOnly refs, details string
+    assert ("POST", "/users") in rejected_by_published
+
+
+def test_literal_pattern_defect() -> None:
+    request_ = rest("GET", "/change_events", params=[("since", "2020-07-17T07:42:58Z")])
+    validate_request(request_)
+    with pytest.raises(Exception, match=r"(?i)parameter"):
+        validate_request(request_, fix=False)
