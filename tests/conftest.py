@@ -8,7 +8,10 @@ official OpenAPI document when the test ends (unless the test is marked
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from component.context import StepContext
 from component.manifest import Manifest, load_manifest
 from component.registry import check_implementations
 from component.requester import run_step
+from component.store import Store
 from connections import ConnectionConfig
 from tests.openapi import validate_request
 
@@ -106,3 +110,44 @@ def run(make_ctx: MakeCtx) -> Callable[..., Any]:
         return await run_step(make_ctx(**options), key, inputs)
 
     return go
+
+
+@pytest.fixture(scope="session")
+def postgres_root() -> Iterator[str | None]:
+    """One PostgreSQL server for the session (None when not installed, outside CI)."""
+    from tests.postgres import available, postgres_server
+
+    if not available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries are missing in CI: .ci/run should install them")
+        yield None
+        return
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_root: str | None
+) -> AsyncIterator[str]:
+    """A fresh, empty database on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}"
+        return
+    if postgres_root is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    import asyncpg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_root.replace("+asyncpg", ""))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    yield postgres_root.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    opened = Store(database_url)
+    await opened.migrate()
+    yield opened
+    await opened.close()

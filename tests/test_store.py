@@ -1,0 +1,87 @@
+"""Settings, encryption at rest and the store, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from component.crypto import SecretBox
+from component.errors import ConfigurationError
+from component.settings import load_settings
+from component.store import ConnectionRow, ExecutionRow, Store, select
+
+
+def test_development_secrets_are_generated_private(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    token_file, key_file = tmp_path / "admin-token", tmp_path / "secret-key"
+    assert token_file.read_text() == settings.admin_token
+    assert key_file.read_text() == settings.secret_key
+    for path in (token_file, key_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_settings(data_dir=tmp_path)
+    assert (again.admin_token, again.secret_key) == (settings.admin_token, settings.secret_key)
+    assert settings.resolved_database_url() == f"sqlite+aiosqlite:///{tmp_path.resolve()}/pdc.db"
+
+
+def test_production_refuses_to_start_without_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PDC_ENV=production needs PDC_ADMIN_TOKEN"):
+        load_settings(env="production", data_dir=tmp_path)
+    assert not (tmp_path / "admin-token").exists()
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PDC_SECRET_KEY is not a Fernet key"):
+        load_settings(data_dir=tmp_path, admin_token="t", secret_key="short")
+    with pytest.raises(ConfigurationError, match="PDC_FLOW_CONCURRENCY"):
+        load_settings(data_dir=tmp_path, flow_concurrency=0)
+
+
+def test_secret_box_round_trip_and_wrong_key() -> None:
+    box = SecretBox(load_settings(admin_token="t", secret_key=_key()).secret_key or "")
+    sealed = box.seal({"apiKey": "u+plaintext-key"})
+    assert "plaintext" not in sealed
+    assert box.open(sealed) == {"apiKey": "u+plaintext-key"}
+    with pytest.raises(ConfigurationError, match="cannot be decrypted"):
+        SecretBox(_key()).open(sealed)
+
+
+def _key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+async def test_migrations_are_idempotent_and_secrets_are_sealed_at_rest(store: Store) -> None:
+    await store.migrate()  # a second upgrade changes nothing
+    box = SecretBox(_key())
+    async with store.session() as db:
+        db.add(
+            ConnectionRow(
+                name="ops", type="pagerduty-api-key", secrets=box.seal({"apiKey": "u+SEKRIT"})
+            )
+        )
+        await db.commit()
+    async with store.engine.connect() as raw:
+        rows = (await raw.execute(text("SELECT name, secrets FROM connections"))).all()
+        revision = (await raw.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    assert rows[0][0] == "ops" and "SEKRIT" not in rows[0][1]
+    assert revision == "0001"
+
+
+async def test_one_execution_per_webhook_id(store: Store) -> None:
+    async with store.session() as db:
+        db.add(ExecutionRow(instance_id="i1", flow="f", webhook_id="w-1", status="received"))
+        await db.commit()
+    with pytest.raises(IntegrityError):
+        async with store.session() as db:
+            db.add(ExecutionRow(instance_id="i1", flow="f", webhook_id="w-1", status="received"))
+            await db.commit()
+    async with store.session() as db:
+        db.add(ExecutionRow(instance_id="i2", flow="f", webhook_id="w-1", status="received"))
+        await db.commit()
+        count = len((await db.execute(select(ExecutionRow))).scalars().all())
+    assert count == 2
