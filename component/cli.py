@@ -240,6 +240,33 @@ def run(
     sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default PDC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PDC_PORT).")] = None,
+) -> None:
+    """Start the runtime (management API and webhook intake) under uvicorn."""
+    import logging
+
+    import uvicorn
+
+    from component.app import create_app
+    from component.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        application = create_app(settings)
+    except ComponentError as exc:
+        raise _fail(str(exc)) from None
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level="info",
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

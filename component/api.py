@@ -1,0 +1,698 @@
+"""The runtime's HTTP surface: management API (admin token) and webhook intake.
+
+Routes live in one list (``ROUTES``); errors map to JSON in one table
+(``EXCEPTION_HANDLERS``). Handler docstrings are the OpenAPI operations served
+at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from component.engine import Engine
+from component.errors import (
+    ComponentError,
+    ConfigurationError,
+    InputError,
+    ManifestError,
+    PagerDutyError,
+)
+from component.flows import Flow, validate_flow
+from component.inputs import clean_inputs
+from component.manifest import Input, InputType
+from component.redact import MASK, redact
+from component.registry import TRIGGERS
+from component.store import ConnectionRow, ExecutionRow, InstanceRow, now, select
+
+MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization"}
+
+schemas = SchemaGenerator(
+    {"openapi": "3.0.3", "info": {"title": "PagerDuty connector runtime", "version": "0.1.0"}}
+)
+
+
+def engine_of(request: Request) -> Engine:
+    """The engine the app was started with."""
+    return request.app.state.engine
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 naming the problem."""
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"request body is not JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(400, "request body must be a JSON object")
+    return body
+
+
+def parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
+    """Validate ``body`` with ``model``; a 400 listing each field's problem."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise HTTPException(400, problems) from None
+
+
+# --- component specification -----------------------------------------------------
+
+
+def input_schema(spec: Input) -> dict[str, Any]:
+    """JSON Schema of the values one input accepts (before cleaning)."""
+    if spec.collection == "valuelist":
+        item: dict[str, Any] = {"type": "string"}
+        if spec.model and spec.unknownValues == "reject":
+            item["enum"] = spec.model
+        schema: dict[str, Any] = {"anyOf": [item, {"type": "array", "items": item}]}
+    elif spec.collection == "keyvaluelist":
+        pair = {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}
+        schema = {"anyOf": [{"type": "object"}, {"type": "array", "items": pair}]}
+    elif spec.type is InputType.BOOLEAN:
+        schema = {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}
+    elif spec.type is InputType.CODE:
+        schema = {"anyOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]}
+    elif spec.clean == "integer":
+        schema = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+$"}]}
+    else:
+        schema = {"type": "string"}
+        if spec.model:
+            schema["enum"] = spec.model
+    schema.update(title=spec.label)
+    if spec.comments:
+        schema["description"] = spec.comments
+    if spec.default is not None:
+        schema["default"] = spec.default
+    if spec.secret:
+        schema.update(writeOnly=True, **{"x-secret": True})
+    return schema
+
+
+def inputs_schema(inputs: list[Input]) -> dict[str, Any]:
+    """JSON Schema of a step's (or connection's) inputs object."""
+    usable = [i for i in inputs if i.type is not InputType.CONNECTION]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {i.key: input_schema(i) for i in usable},
+        "required": [i.key for i in usable if i.required and i.default is None],
+    }
+
+
+async def component_spec(request: Request) -> JSONResponse:
+    """
+    summary: The component specification, with a JSON Schema per action's inputs
+    responses:
+      200: {description: "connections, triggers, data sources and actions"}
+    """
+    manifest = engine_of(request).manifest
+
+    def entry(item: Any) -> dict[str, Any]:
+        out = {"key": item.key, "label": item.label, "description": item.description}
+        if getattr(item, "scope", None):
+            out["scope"] = item.scope
+        out["inputs"] = inputs_schema(item.inputs)
+        out["secretInputs"] = [i.key for i in item.inputs if i.secret]
+        return out
+
+    return JSONResponse(
+        {
+            "key": manifest.key,
+            "label": manifest.label,
+            "connections": [entry(c) for c in manifest.connections],
+            "triggers": [
+                {**entry(t), "events": [e.value for e in t.events]} for t in manifest.triggers
+            ],
+            "dataSources": [entry(d) for d in manifest.dataSources],
+            "actions": [entry(a) for a in manifest.actions],
+        }
+    )
+
+
+# --- connections ----------------------------------------------------------------
+
+
+class ConnectionIn(BaseModel):
+    """A connection to create: its name, type and input values."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=_NAME.pattern)
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def connection_view(engine: Engine, row: ConnectionRow) -> dict[str, Any]:
+    """A connection as the API shows it: secrets masked, never returned."""
+    secret_keys = engine.box.open(row.secrets).keys()
+    return {
+        "id": row.id,
+        "name": row.name,
+        "type": row.type,
+        "config": row.config,
+        "secrets": {key: MASK for key in sorted(secret_keys)},
+        "createdAt": row.created_at.isoformat(),
+        "updatedAt": row.updated_at.isoformat(),
+    }
+
+
+def split_connection_inputs(
+    engine: Engine, type_key: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Clean a connection's inputs; return ``(plain config, secrets)``."""
+    declared = next((c for c in engine.manifest.connections if c.key == type_key), None)
+    if declared is None:
+        known = ", ".join(c.key for c in engine.manifest.connections)
+        raise InputError("connection", "type", f"unknown connection type (known: {known})")
+    cleaned = clean_inputs(type_key, declared.inputs, values)
+    secret = {i.key for i in declared.inputs if i.secret}
+    plain = {k: v for k, v in cleaned.items() if k not in secret and v is not None}
+    return plain, {k: v for k, v in cleaned.items() if k in secret and v is not None}
+
+
+async def verify_api_key(engine: Engine, row: ConnectionRow) -> None:
+    """Ask PagerDuty ``GET /abilities``; a rejected key is a clear 400, nothing stored."""
+    if row.type != "pagerduty-api-key":
+        return
+    async with engine.client(engine.connection_config(row)) as client:
+        try:
+            await client.request("GET", "/abilities")
+        except PagerDutyError as exc:
+            if exc.status in (401, 403):
+                raise InputError(
+                    "connection",
+                    "apiKey",
+                    f"PagerDuty rejected the API key (HTTP {exc.status}: {exc.message})",
+                ) from None
+            raise
+
+
+async def find_connection(engine: Engine, ref: str) -> ConnectionRow:
+    """A connection by id or name, or 404."""
+    async with engine.store.session() as db:
+        row = await db.get(ConnectionRow, ref)
+        if row is None:
+            query = select(ConnectionRow).where(ConnectionRow.name == ref)
+            row = (await db.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise HTTPException(404, f"no connection '{ref}'")
+    return row
+
+
+async def create_connection(request: Request) -> JSONResponse:
+    """
+    summary: Create a connection (an API key is checked with PagerDuty first)
+    responses:
+      201: {description: the connection, secrets masked}
+      400: {description: invalid input or a key PagerDuty rejects}
+    """
+    engine = engine_of(request)
+    data: ConnectionIn = parse(ConnectionIn, await json_body(request))
+    plain, secrets = split_connection_inputs(engine, data.type, data.config)
+    row = ConnectionRow(
+        name=data.name, type=data.type, config=plain, secrets=engine.box.seal(secrets)
+    )
+    await verify_api_key(engine, row)
+    async with engine.store.session() as db:
+        db.add(row)
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise HTTPException(409, f"a connection named '{data.name}' exists") from None
+    return JSONResponse(connection_view(engine, row), status_code=201)
+
+
+async def list_connections(request: Request) -> JSONResponse:
+    """
+    summary: List connections (secrets masked)
+    responses:
+      200: {description: connections}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        rows = (await db.execute(select(ConnectionRow).order_by(ConnectionRow.name))).scalars()
+        return JSONResponse([connection_view(engine, r) for r in rows])
+
+
+async def get_connection(request: Request) -> JSONResponse:
+    """
+    summary: Read one connection (secrets masked)
+    responses:
+      200: {description: the connection}
+      404: {description: no such connection}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    return JSONResponse(connection_view(engine, row))
+
+
+async def update_connection(request: Request) -> JSONResponse:
+    """
+    summary: Update a connection's inputs, e.g. rotate its key (checked with PagerDuty)
+    responses:
+      200: {description: the updated connection}
+      400: {description: invalid input or a key PagerDuty rejects; nothing changed}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    body = await json_body(request)
+    merged = {**row.config, **engine.box.open(row.secrets), **(body.get("config") or {})}
+    plain, secrets = split_connection_inputs(engine, row.type, merged)
+    candidate = ConnectionRow(
+        id=row.id, name=row.name, type=row.type, config=plain, secrets=engine.box.seal(secrets)
+    )
+    await verify_api_key(engine, candidate)
+    async with engine.store.session() as db:
+        stored = await db.get(ConnectionRow, row.id)
+        assert stored is not None
+        stored.config, stored.secrets, stored.updated_at = plain, candidate.secrets, now()
+        await db.commit()
+        return JSONResponse(connection_view(engine, stored))
+
+
+async def delete_connection(request: Request) -> Response:
+    """
+    summary: Delete a connection no deployed instance uses
+    responses:
+      204: {description: deleted}
+      409: {description: instances use it (named in the message)}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    async with engine.store.session() as db:
+        query = select(InstanceRow.id).where(InstanceRow.connection_id == row.id)
+        users = sorted((await db.execute(query)).scalars())
+        if users:
+            raise HTTPException(
+                409, f"connection '{row.name}' is used by instances: {', '.join(users)}"
+            )
+        stored = await db.get(ConnectionRow, row.id)
+        await db.delete(stored)
+        await db.commit()
+    return Response(status_code=204)
+
+
+# --- instances -------------------------------------------------------------------
+
+
+class InstanceIn(BaseModel):
+    """An instance to deploy: name, connection, flows and whether it is enabled."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=_NAME.pattern)
+    connection: str | None = None
+    enabled: bool = True
+    flows: list[Flow] = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def instance_view(engine: Engine, row: InstanceRow) -> dict[str, Any]:
+    """An instance with its webhook URLs (one per flow)."""
+    return {
+        "name": row.id,
+        "enabled": row.enabled,
+        "connection": row.connection_id,
+        "flows": row.flows,
+        "config": row.config,
+        "webhookUrls": {f["name"]: engine.webhook_url(row.id, f["name"]) for f in row.flows},
+        "state": row.state,
+        "createdAt": row.created_at.isoformat(),
+        "updatedAt": row.updated_at.isoformat(),
+    }
+
+
+async def _validated_instance(engine: Engine, data: InstanceIn) -> str | None:
+    names = [f.name for f in data.flows]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise InputError(data.name, "flows", f"flow name '{duplicate}' is used twice")
+    for flow in data.flows:
+        validate_flow(flow, engine.manifest)
+    if data.connection is None:
+        return None
+    return (await find_connection(engine, data.connection)).id
+
+
+async def _call_hooks(engine: Engine, row: InstanceRow, hook: str) -> None:
+    """Call each flow trigger's ``deploy`` or ``teardown`` hook, where it has one."""
+    for flow in row.flows:
+        implementation = TRIGGERS.get(flow["trigger"]["type"])
+        method = getattr(implementation, hook, None)
+        if method is not None:
+            await method(engine, row, flow)
+
+
+async def deploy_instance(request: Request) -> JSONResponse:
+    """
+    summary: Deploy an instance (every flow, step and input validated first)
+    responses:
+      201: {description: the instance with its webhook URLs}
+      400: {description: a flow, step or input is invalid; nothing stored}
+    """
+    engine = engine_of(request)
+    data: InstanceIn = parse(InstanceIn, await json_body(request))
+    connection_id = await _validated_instance(engine, data)
+    row = InstanceRow(
+        id=data.name,
+        enabled=data.enabled,
+        connection_id=connection_id,
+        flows=[f.model_dump() for f in data.flows],
+        config=data.config,
+        state={"deployed": True},
+    )
+    async with engine.store.session() as db:
+        if await db.get(InstanceRow, data.name):
+            raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
+        await _call_hooks(engine, row, "deploy")
+        db.add(row)
+        await db.commit()
+    return JSONResponse(instance_view(engine, row), status_code=201)
+
+
+async def redeploy_instance(request: Request) -> JSONResponse:
+    """
+    summary: Update and redeploy an instance
+    responses:
+      200: {description: the redeployed instance}
+      400: {description: invalid; the deployed instance is unchanged}
+    """
+    engine = engine_of(request)
+    name = request.path_params["name"]
+    data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
+    connection_id = await _validated_instance(engine, data)
+    async with engine.store.session() as db:
+        row = await db.get(InstanceRow, name)
+        if row is None:
+            raise HTTPException(404, f"no instance '{name}'")
+        row.enabled, row.connection_id = data.enabled, connection_id
+        row.flows = [f.model_dump() for f in data.flows]
+        row.config, row.updated_at = data.config, now()
+        await _call_hooks(engine, row, "deploy")
+        await db.commit()
+        return JSONResponse(instance_view(engine, row))
+
+
+async def list_instances(request: Request) -> JSONResponse:
+    """
+    summary: List instances
+    responses:
+      200: {description: instances}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        rows = (await db.execute(select(InstanceRow).order_by(InstanceRow.id))).scalars()
+        return JSONResponse([instance_view(engine, r) for r in rows])
+
+
+async def get_instance(request: Request) -> JSONResponse:
+    """
+    summary: Read one instance and its webhook URLs
+    responses:
+      200: {description: the instance}
+      404: {description: no such instance}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        row = await db.get(InstanceRow, request.path_params["name"])
+    if row is None:
+        raise HTTPException(404, f"no instance '{request.path_params['name']}'")
+    return JSONResponse(instance_view(engine, row))
+
+
+async def set_enabled(request: Request) -> JSONResponse:
+    """
+    summary: Enable or disable an instance
+    responses:
+      200: {description: the instance}
+    """
+    engine = engine_of(request)
+    action = request.path_params["action"]
+    if action not in ("enable", "disable"):
+        raise HTTPException(404, f"unknown instance action '{action}' (enable or disable)")
+    async with engine.store.session() as db:
+        row = await db.get(InstanceRow, request.path_params["name"])
+        if row is None:
+            raise HTTPException(404, f"no instance '{request.path_params['name']}'")
+        row.enabled, row.updated_at = action == "enable", now()
+        await db.commit()
+        return JSONResponse(instance_view(engine, row))
+
+
+async def delete_instance(request: Request) -> Response:
+    """
+    summary: Tear down and delete an instance (its executions are kept)
+    responses:
+      204: {description: deleted}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        row = await db.get(InstanceRow, request.path_params["name"])
+        if row is None:
+            raise HTTPException(404, f"no instance '{request.path_params['name']}'")
+        await _call_hooks(engine, row, "teardown")
+        await db.delete(row)
+        await db.commit()
+    return Response(status_code=204)
+
+
+# --- executions and test runs ---------------------------------------------------------
+
+
+def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
+    """An execution record; ``full`` adds the received body, headers and steps."""
+    out: dict[str, Any] = {
+        "id": row.id,
+        "instance": row.instance_id,
+        "flow": row.flow,
+        "status": row.status,
+        "responseStatus": row.response_status,
+        "error": row.error,
+        "receivedAt": row.received_at.isoformat(),
+        "startedAt": row.started_at.isoformat() if row.started_at else None,
+        "finishedAt": row.finished_at.isoformat() if row.finished_at else None,
+    }
+    if full:
+        out.update(
+            webhookId=row.webhook_id,
+            receivedBody=row.received_body,
+            headers=row.headers,
+            trigger=row.trigger,
+            steps=row.steps,
+        )
+    return out
+
+
+async def list_executions(request: Request) -> JSONResponse:
+    """
+    summary: List executions, newest first (filters instance, flow, status; limit)
+    responses:
+      200: {description: executions}
+    """
+    engine = engine_of(request)
+    query = select(ExecutionRow).order_by(ExecutionRow.received_at.desc())
+    params = request.query_params
+    for column, name in (
+        (ExecutionRow.instance_id, "instance"),
+        (ExecutionRow.flow, "flow"),
+        (ExecutionRow.status, "status"),
+    ):
+        if params.get(name):
+            query = query.where(column == params[name])
+    try:
+        limit = min(max(int(params.get("limit", "100")), 1), 1000)
+    except ValueError:
+        raise HTTPException(400, "limit must be a whole number") from None
+    async with engine.store.session() as db:
+        rows = (await db.execute(query.limit(limit))).scalars()
+        return JSONResponse([execution_view(r, full=False) for r in rows])
+
+
+async def get_execution(request: Request) -> JSONResponse:
+    """
+    summary: Read one execution with its received body and every step's record
+    responses:
+      200: {description: the execution}
+      404: {description: no such execution}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        row = await db.get(ExecutionRow, request.path_params["id"])
+    if row is None:
+        raise HTTPException(404, f"no execution '{request.path_params['id']}'")
+    return JSONResponse(execution_view(row, full=True))
+
+
+class StepTrialIn(BaseModel):
+    """One action or data source to try with a stored connection."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: str
+    connection: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+async def run_test_step(request: Request) -> JSONResponse:
+    """
+    summary: Run one action or data source with a stored connection and return its result
+    responses:
+      200: {description: the step's result}
+      400: {description: invalid input; nothing was sent}
+    """
+    engine = engine_of(request)
+    data: StepTrialIn = parse(StepTrialIn, await json_body(request))
+    connection = await find_connection(engine, data.connection) if data.connection else None
+    result = await engine.run_action(connection, data.action, data.inputs, {})
+    return JSONResponse({"result": result})
+
+
+# --- webhook intake ------------------------------------------------------------------
+
+
+async def receive_webhook(request: Request) -> JSONResponse:
+    """
+    summary: Receive a PagerDuty webhook for one flow; recorded before it is answered
+    responses:
+      202: {description: recorded; the flow runs in the background}
+      200: {description: a redelivery already recorded}
+      400: {description: not a PagerDuty V3 webhook event}
+      404: {description: no such instance or flow}
+      413: {description: body over 2 MB}
+    """
+    engine = engine_of(request)
+    instance_id, flow_name = request.path_params["instance"], request.path_params["flow"]
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+        raise HTTPException(413, "webhook body is over 2 MB")
+    body = await request.body()
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise HTTPException(413, "webhook body is over 2 MB")
+    async with engine.store.session() as db:
+        instance = await db.get(InstanceRow, instance_id)
+    flow = next((f for f in (instance.flows if instance else []) if f["name"] == flow_name), None)
+    if instance is None or flow is None:
+        raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
+    headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
+    trigger = TRIGGERS[flow["trigger"]["type"]]
+    output = trigger.parse(body, headers)
+    status = "received" if instance.enabled else "skipped"
+    answer = 202
+    row = ExecutionRow(
+        instance_id=instance_id,
+        flow=flow_name,
+        webhook_id=headers.get("x-webhook-id"),
+        status=status,
+        received_body=redact(body.decode("utf-8", "replace")),
+        headers=headers,
+        response_status=answer,
+        trigger=output,
+        error=None if instance.enabled else "instance is disabled",
+    )
+    async with engine.store.session() as db:
+        db.add(row)
+        try:
+            await db.commit()
+        except IntegrityError:
+            return JSONResponse({"duplicate": True, "webhookId": row.webhook_id}, status_code=200)
+    if instance.enabled:
+        engine.submit(row.id, instance_id, flow_name)
+    return JSONResponse({"execution": row.id, "status": status}, status_code=answer)
+
+
+async def health(request: Request) -> JSONResponse:
+    """
+    summary: Liveness
+    responses:
+      200: {description: ok}
+    """
+    return JSONResponse({"status": "ok"})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this API, built from the handlers' docstrings."""
+    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+    Route("/api/component", component_spec, methods=["GET"]),
+    Route("/api/connections", create_connection, methods=["POST"]),
+    Route("/api/connections", list_connections, methods=["GET"]),
+    Route("/api/connections/{ref}", get_connection, methods=["GET"]),
+    Route("/api/connections/{ref}", update_connection, methods=["PUT"]),
+    Route("/api/connections/{ref}", delete_connection, methods=["DELETE"]),
+    Route("/api/instances", deploy_instance, methods=["POST"]),
+    Route("/api/instances", list_instances, methods=["GET"]),
+    Route("/api/instances/{name}", get_instance, methods=["GET"]),
+    Route("/api/instances/{name}", redeploy_instance, methods=["PUT"]),
+    Route("/api/instances/{name}", delete_instance, methods=["DELETE"]),
+    Route("/api/instances/{name}/{action:str}", set_enabled, methods=["POST"]),
+    Route("/api/executions", list_executions, methods=["GET"]),
+    Route("/api/executions/{id}", get_execution, methods=["GET"]),
+    Route("/api/test-runs", run_test_step, methods=["POST"]),
+    Route("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
+]
+
+
+class AdminAuth(BaseHTTPMiddleware):
+    """Requires ``Authorization: Bearer <admin token>`` on every ``/api/`` route."""
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        """Reject unauthenticated management calls before any handler runs."""
+        if request.url.path.startswith("/api/"):
+            expected = f"Bearer {request.app.state.engine.settings.admin_token}"
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return _error(401, "Unauthorized", "a valid admin bearer token is required")
+        return await call_next(request)
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"type": kind, "message": redact(message), **extra}}, status_code=status
+    )
+
+
+async def _input_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)
+    return _error(400, "InputError", str(exc), step=exc.action, input=exc.input_key)
+
+
+async def _pagerduty_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PagerDutyError)
+    return _error(502, "PagerDutyError", str(exc), pagerduty=exc.to_dict())
+
+
+async def _component_error(request: Request, exc: Exception) -> JSONResponse:
+    status = 500 if isinstance(exc, ManifestError) else 400
+    kind = "ConfigurationError" if isinstance(exc, ConfigurationError) else type(exc).__name__
+    return _error(status, kind, str(exc))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, "HTTPError", str(exc.detail))
+
+
+EXCEPTION_HANDLERS = {
+    InputError: _input_error,
+    PagerDutyError: _pagerduty_error,
+    ComponentError: _component_error,
+    HTTPException: _http_error,
+}

@@ -1,0 +1,191 @@
+"""The execution engine: turns recorded executions into flow runs.
+
+A webhook's execution is stored as ``received`` before it is answered; the engine
+then runs it in a background task, at most ``flow_concurrency`` at a time per
+flow. Executions still ``received`` or ``running`` when the process stopped are
+resumed at the next start, so nothing received is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from typing import Any
+
+import httpx
+
+from component.client import ClientSettings, PagerDutyClient
+from component.context import StepContext
+from component.crypto import SecretBox
+from component.errors import ComponentError, ConfigurationError
+from component.flows import Flow, run_flow
+from component.manifest import Manifest
+from component.redact import get_logger, redact
+from component.requester import run_step
+from component.settings import RuntimeSettings
+from component.store import ConnectionRow, ExecutionRow, InstanceRow, Store, now, select
+from connections import ConnectionConfig
+
+log = get_logger("engine")
+UNFINISHED = ("received", "running")
+
+
+class Engine:
+    """Runs flows for recorded executions, with per-flow concurrency limits."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        manifest: Manifest,
+        store: Store,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        client_settings: ClientSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.manifest = manifest
+        self.store = store
+        self.box = SecretBox(settings.secret_key or "")
+        self.transport = transport
+        self.client_settings = client_settings or ClientSettings.from_env()
+        self._limits: dict[tuple[str, str], asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.flow_concurrency)
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def webhook_url(self, instance_id: str, flow_name: str) -> str:
+        """The public URL PagerDuty delivers a flow's webhooks to."""
+        return f"{self.settings.public_url.rstrip('/')}/webhooks/{instance_id}/{flow_name}"
+
+    def connection_config(self, row: ConnectionRow) -> ConnectionConfig:
+        """The decrypted connection a client is built from."""
+        secrets = self.box.open(row.secrets)
+        kind = "apiKey" if row.type == "pagerduty-api-key" else "oauth2"
+        token = secrets.get("apiKey") if kind == "apiKey" else secrets.get("accessToken")
+        if not token:
+            raise ConfigurationError(f"connection '{row.name}' has no usable token")
+        return ConnectionConfig(
+            kind=kind,
+            secret=token,
+            from_email=row.config.get("from"),
+            region=row.config.get("region") or "us",
+        )
+
+    def client(self, config: ConnectionConfig | None) -> PagerDutyClient:
+        """A PagerDuty client for ``config`` (tests inject the transport)."""
+        return PagerDutyClient(config, self.client_settings, transport=self.transport)
+
+    async def run_action(
+        self,
+        connection: ConnectionRow | None,
+        key: str,
+        inputs: dict[str, Any],
+        urls: dict[str, str],
+    ) -> dict[str, Any]:
+        """Run one action or data source with a stored connection (test runs, flows)."""
+        config = self.connection_config(connection) if connection else None
+        async with self.client(config) as client:
+            ctx = StepContext(manifest=self.manifest, client=client, webhook_urls=urls)
+            return await run_step(ctx, key, inputs)
+
+    def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
+        """Run an execution in the background."""
+        task = asyncio.create_task(self._guarded(execution_id, instance_id, flow))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, execution_id: str, instance_id: str, flow: str) -> None:
+        async with self._limits[(instance_id, flow)]:
+            try:
+                await self.execute(execution_id)
+            except Exception as exc:  # an engine bug must not kill the worker
+                log.exception("execution %s crashed", execution_id)
+                await self._finish(execution_id, "failed", error=redact(repr(exc)))
+
+    async def resume(self) -> int:
+        """Submit every execution left unfinished by a previous process."""
+        async with self.store.session() as db:
+            rows = (
+                await db.execute(
+                    select(ExecutionRow)
+                    .where(ExecutionRow.status.in_(UNFINISHED))
+                    .order_by(ExecutionRow.received_at)
+                )
+            ).scalars()
+            pending = [(r.id, r.instance_id, r.flow) for r in rows]
+        for execution_id, instance_id, flow in pending:
+            self.submit(execution_id, instance_id, flow)
+        if pending:
+            log.info("resuming %d unfinished executions", len(pending))
+        return len(pending)
+
+    async def execute(self, execution_id: str) -> None:
+        """Run the flow of one recorded execution and store every step's record."""
+        async with self.store.session() as db:
+            execution = await db.get(ExecutionRow, execution_id)
+            if execution is None or execution.status not in UNFINISHED:
+                return
+            instance = await db.get(InstanceRow, execution.instance_id)
+            connection = (
+                await db.get(ConnectionRow, instance.connection_id)
+                if instance and instance.connection_id
+                else None
+            )
+            execution.status, execution.started_at = "running", now()
+            await db.commit()
+        flow_data = next(
+            (f for f in (instance.flows if instance else []) if f["name"] == execution.flow), None
+        )
+        if instance is None or flow_data is None:
+            await self._finish(
+                execution_id, "failed", error="the instance or flow no longer exists"
+            )
+            return
+        flow = Flow.model_validate(flow_data)
+        urls = {f["name"]: self.webhook_url(instance.id, f["name"]) for f in instance.flows}
+        try:
+            config = self.connection_config(connection) if connection else None
+        except ComponentError as exc:
+            await self._finish(execution_id, "failed", error=str(exc))
+            return
+        async with self.client(config) as client:
+            ctx = StepContext(manifest=self.manifest, client=client, webhook_urls=urls)
+            status, records = await run_flow(
+                flow,
+                self.manifest,
+                execution.trigger or {},
+                lambda key, inputs: run_step(ctx, key, inputs),
+            )
+        await self._finish(execution_id, status, steps=records)
+
+    async def _finish(
+        self,
+        execution_id: str,
+        status: str,
+        *,
+        steps: list[dict[str, Any]] | None = None,
+        error: str | None = None,
+    ) -> None:
+        async with self.store.session() as db:
+            execution = await db.get(ExecutionRow, execution_id)
+            if execution is None:
+                return
+            execution.status = status
+            execution.finished_at = now()
+            if steps is not None:
+                execution.steps = steps
+                failed = next((s for s in steps if s.get("status") == "failed"), None)
+                error = error or (failed or {}).get("error")
+            execution.error = error
+            await db.commit()
+
+    async def drain(self) -> None:
+        """Wait for the executions running now (tests, graceful shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Cancel running executions; they are resumed at the next start."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,296 @@
+"""The runtime over HTTP, on SQLite and on a real PostgreSQL: connections, deploys,
+webhook intake, flow execution and the execution log. PagerDuty is mocked by respx."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
+from component.app import create_app
+from component.settings import RuntimeSettings, load_settings
+from component.store import Store
+from tests.conftest import REST
+from tests.openapi import validate_request
+
+API_KEY = "u+RUNTIME-secret-key-5566"
+ADMIN = "admin-token-for-tests-0001"
+PUBLIC = "https://pdc.example.com"
+INCIDENT = {"incident": {"id": "Q1P5", "title": "Server is on fire", "urgency": "high"}}
+EVENT = {
+    "event": {
+        "id": "01DEN0M0L0OCDNR0CDEVP4SRGH",
+        "event_type": "incident.triggered",
+        "resource_type": "incident",
+        "occurred_at": "2024-01-15T10:30:00.000Z",
+        "agent": None,
+        "client": None,
+        "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
+    }
+}
+FLOW = {
+    "name": "on-incident",
+    "trigger": {
+        "type": "incidentsTrigger",
+        "inputs": {
+            "events": ["incident.triggered"],
+            "webhookDescription": "ops",
+            "filterType": "account_reference",
+        },
+    },
+    "steps": [
+        {
+            "name": "incident",
+            "action": "getIncident",
+            "inputs": {"id": "{{ trigger.event.data.id }}"},
+        },
+        {
+            "name": "note",
+            "action": "createIncidentNote",
+            "inputs": {
+                "id": "{{ steps.incident.data.incident.id }}",
+                "note": "Investigating: {{ steps.incident.data.incident.title }}",
+            },
+        },
+    ],
+}
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> RuntimeSettings:
+    return load_settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+    )
+
+
+@pytest.fixture
+def pd() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        router.get(f"{REST}/abilities").respond(json={"abilities": ["teams"]})
+        yield router
+        for call in router.calls:
+            validate_request(call.request)
+
+
+@pytest.fixture
+def api(settings: RuntimeSettings, pd: respx.MockRouter) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        yield client
+
+
+def drain(client: TestClient) -> None:
+    client.portal.call(client.app.state.engine.drain)  # type: ignore[union-attr]
+
+
+def make_connection(api: TestClient, key: str = API_KEY) -> dict[str, Any]:
+    answer = api.post(
+        "/api/connections",
+        json={
+            "name": "ops",
+            "type": "pagerduty-api-key",
+            "config": {"apiKey": key, "from": "oncall@example.com"},
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def deliver(api: TestClient, path: str, webhook_id: str = "wh-1") -> httpx.Response:
+    return api.post(path, content=json.dumps(EVENT), headers={"X-Webhook-Id": webhook_id})
+
+
+def test_flow_runs_from_a_webhook_and_is_recorded(
+    api: TestClient, pd: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    connection = make_connection(api)
+    assert connection["secrets"] == {"apiKey": "***"}
+
+    deployed = api.post(
+        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+    )
+    assert deployed.status_code == 201, deployed.text
+    url = deployed.json()["webhookUrls"]["on-incident"]
+    assert url == f"{PUBLIC}/webhooks/acme/on-incident"
+
+    answer = deliver(api, "/webhooks/acme/on-incident")
+    assert answer.status_code == 202
+    execution_id = answer.json()["execution"]
+    drain(api)
+
+    assert get.call_count == 1 and note.call_count == 1
+    sent = note.calls.last.request
+    assert json.loads(sent.content) == {"note": {"content": "Investigating: Server is on fire"}}
+    assert sent.headers["From"] == "oncall@example.com"
+    assert sent.headers["Authorization"] == f"Token token={API_KEY}"
+
+    record = api.get(f"/api/executions/{execution_id}").json()
+    assert record["status"] == "succeeded" and record["responseStatus"] == 202
+    assert json.loads(record["receivedBody"]) == EVENT
+    assert record["trigger"]["event"]["data"]["id"] == "Q1P5"
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [
+        ("incident", "succeeded"),
+        ("note", "succeeded"),
+    ]
+    assert record["steps"][1]["inputs"] == {
+        "id": "Q1P5",
+        "note": "Investigating: Server is on fire",
+    }
+    assert record["steps"][0]["result"] == {"data": INCIDENT}
+
+    again = deliver(api, "/webhooks/acme/on-incident")  # a redelivery: same X-Webhook-Id
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    drain(api)
+    assert get.call_count == 1
+    assert len(api.get("/api/executions", params={"instance": "acme"}).json()) == 1
+
+    seen = [
+        api.get("/api/connections").text,
+        api.get("/api/connections/ops").text,
+        api.get("/api/instances/acme").text,
+        api.get("/api/executions").text,
+        json.dumps(record),
+        "\n".join(r.getMessage() for r in caplog.records),
+    ]
+    assert not [text_ for text_ in seen if API_KEY in text_ or ADMIN in text_]
+
+
+async def test_secrets_are_encrypted_in_the_database(
+    settings: RuntimeSettings, pd: respx.MockRouter
+) -> None:
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        make_connection(client)
+    store = Store(settings.resolved_database_url())
+    async with store.engine.connect() as raw:
+        dump = [
+            str(row)
+            for table in ("connections", "instances", "executions")
+            for row in (await raw.execute(text(f"SELECT * FROM {table}"))).all()
+        ]
+    await store.close()
+    assert dump and not any(API_KEY in row for row in dump)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f["steps"][0].update(action="getIncidnt"), "unknown action 'getIncidnt'"),
+        (
+            lambda f: f["steps"][1]["inputs"].update(id="{{ steps.nope.data }}"),
+            "refers to step 'nope'",
+        ),
+        (lambda f: f["steps"][0]["inputs"].update(include="bogus"), "'bogus' is not one of"),
+        (lambda f: f.update(name="Bad Name"), "flows.0.name"),
+    ],
+)
+def test_bad_flows_are_rejected_and_nothing_is_stored(
+    api: TestClient, change: Any, message: str
+) -> None:
+    make_connection(api)
+    flow = json.loads(json.dumps(FLOW))
+    change(flow)
+    answer = api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [flow]})
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]["message"]
+    assert api.get("/api/instances").json() == []
+
+
+def test_rejected_api_key_is_not_stored(api: TestClient, pd: respx.MockRouter) -> None:
+    pd.get(f"{REST}/abilities").respond(401, json={"error": {"message": "Unauthorized"}})
+    answer = api.post(
+        "/api/connections",
+        json={"name": "ops", "type": "pagerduty-api-key", "config": {"apiKey": "wrong"}},
+    )
+    assert answer.status_code == 400
+    assert "PagerDuty rejected the API key (HTTP 401" in answer.json()["error"]["message"]
+    assert api.get("/api/connections").json() == []
+
+
+def test_key_rotation_is_checked_and_keeps_the_old_key_on_failure(
+    api: TestClient, pd: respx.MockRouter
+) -> None:
+    make_connection(api)
+    abilities = pd.get(f"{REST}/abilities")
+    abilities.respond(403, json={"error": {"message": "Forbidden"}})
+    failed = api.put("/api/connections/ops", json={"config": {"apiKey": "u+new-bad"}})
+    assert failed.status_code == 400
+    abilities.respond(json={"abilities": []})
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    trial = {"connection": "ops", "action": "getIncident", "inputs": {"id": "Q1P5"}}
+    assert api.post("/api/test-runs", json=trial).json() == {"result": {"data": INCIDENT}}
+    assert get.calls.last.request.headers["Authorization"] == f"Token token={API_KEY}"
+    rotated = api.put("/api/connections/ops", json={"config": {"apiKey": "u+rotated-key"}})
+    assert rotated.status_code == 200
+    api.post("/api/test-runs", json=trial)
+    assert get.calls.last.request.headers["Authorization"] == "Token token=u+rotated-key"
+
+
+def test_connection_in_use_cannot_be_deleted(api: TestClient) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    refused = api.delete("/api/connections/ops")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["message"] == "connection 'ops' is used by instances: acme"
+    assert api.delete("/api/instances/acme").status_code == 204
+    assert api.delete("/api/connections/ops").status_code == 204
+
+
+def test_disabled_instance_records_and_skips(api: TestClient, pd: respx.MockRouter) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    assert api.post("/api/instances/acme/disable").json()["enabled"] is False
+    answer = deliver(api, "/webhooks/acme/on-incident")
+    drain(api)
+    assert answer.status_code == 202 and answer.json()["status"] == "skipped"
+    record = api.get(f"/api/executions/{answer.json()['execution']}").json()
+    assert record["status"] == "skipped" and record["steps"] == []
+    assert [c.request.url.path for c in pd.calls] == ["/abilities"]
+
+
+def test_webhook_errors(api: TestClient) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    assert api.post("/webhooks/acme/nope", content=b"{}").status_code == 404
+    assert api.post("/webhooks/acme/on-incident", content=b"not json").status_code == 400
+    big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    assert api.post("/webhooks/acme/on-incident", content=big).status_code == 413
+    assert api.get("/api/executions").json() == []
+
+
+def test_management_api_needs_the_admin_token(settings: RuntimeSettings, pd: Any) -> None:
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/api/connections").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.get("/api/instances", headers=wrong).status_code == 401
+        assert client.get("/health").json() == {"status": "ok"}
+        paths = client.get("/openapi.json").json()["paths"]
+        assert {"/api/connections", "/api/instances/{name}", "/webhooks/{instance}/{flow}"} <= set(
+            paths
+        )
+
+
+def test_component_specification(api: TestClient) -> None:
+    spec = api.get("/api/component").json()
+    assert len(spec["actions"]) == 43 and len(spec["dataSources"]) == 4
+    api_key = next(c for c in spec["connections"] if c["key"] == "pagerduty-api-key")
+    assert api_key["secretInputs"] == ["apiKey"]
+    assert api_key["inputs"]["properties"]["apiKey"]["x-secret"] is True
+    get_incident = next(a for a in spec["actions"] if a["key"] == "getIncident")
+    assert get_incident["inputs"]["required"] == ["id"]
+    assert get_incident["scope"] == "incidents.read"
