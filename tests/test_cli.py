@@ -16,7 +16,7 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from bench.fetch_all import serve
+from bench.local_pagerduty import serve
 from component.cli import app
 from component.manifest import Manifest, load_manifest
 from tests.conftest import API_KEY, REST

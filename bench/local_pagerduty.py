@@ -1,0 +1,144 @@
+"""A small PagerDuty-like HTTP server on 127.0.0.1 for benchmarks and process tests.
+
+It answers ``GET /incidents`` (offset pagination over generated incidents),
+``GET /incidents/{id}``, ``POST /incidents/{id}/notes`` and ``GET /abilities``,
+optionally after a delay (``first_get_delay`` holds only the first
+``GET /incidents/{id}``, to catch a runtime mid-step), and records the method
+and path of every request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+def incident(n: int) -> dict[str, Any]:
+    """A realistic incident record (about 600 bytes of JSON)."""
+    ref = {"type": "service_reference", "summary": "Checkout API"}
+    return {
+        "id": f"Q{n:012d}",
+        "type": "incident",
+        "summary": f"[#{n}] Disk is {n % 100}% full on db-{n % 7}",
+        "title": f"Disk is {n % 100}% full on db-{n % 7}",
+        "incident_number": n,
+        "status": "triggered",
+        "urgency": "high",
+        "created_at": "2026-11-24T10:00:00Z",
+        "service": {"id": f"PS{n % 50:05d}", **ref},
+        "assignments": [{"at": "2026-11-24T10:00:00Z", "assignee": {"id": "PU00001"}}],
+        "html_url": f"https://acme.pagerduty.com/incidents/Q{n:012d}",
+    }
+
+
+class LocalPagerDuty(ThreadingHTTPServer):
+    """The server; ``requests`` lists ``(method, path)`` in arrival order."""
+
+    daemon_threads = True
+
+    def __init__(self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.incidents = [incident(n) for n in range(count)]
+        self.delay = delay
+        self.first_get_delay = first_get_delay
+        self.requests: list[tuple[str, str]] = []
+        self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """Base URL to point ``PAGERDUTY_API_URL`` at."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def record(self, method: str, path: str) -> int:
+        """Remember a request; return how many came before it."""
+        with self._lock:
+            self.requests.append((method, path))
+            return len(self.requests) - 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: LocalPagerDuty
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (~40 ms) and every "instant" answer is slow.
+    disable_nagle_algorithm = True
+
+    def _send(self, status: int, body: Any) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        time.sleep(self.server.delay)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        before = self.server.record("GET", parts.path)
+        if parts.path == "/abilities":
+            return self._send(200, {"abilities": ["teams"]})
+        if parts.path == "/incidents":
+            page = self.server.pages.get(parts.query)
+            if page is None:
+                page = json.dumps(self._page(parse_qs(parts.query))).encode()
+                self.server.pages[parts.query] = page
+            return self._send(200, page)
+        if parts.path.startswith("/incidents/"):
+            earlier = self.server.requests[:before]
+            if not any(m == "GET" and p.startswith("/incidents/") for m, p in earlier):
+                time.sleep(self.server.first_get_delay)
+            incident_id = parts.path.rsplit("/", 1)[-1]
+            return self._send(200, {"incident": {"id": incident_id, "title": "Server is on fire"}})
+        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        self.server.record("POST", parts.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if parts.path.endswith("/notes"):
+            return self._send(201, {"note": {"id": "PWL7QXS", **body.get("note", {})}})
+        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def _page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        limit = int(query.get("limit", ["25"])[0])
+        offset = int(query.get("offset", ["0"])[0])
+        items = self.server.incidents
+        page = items[offset : offset + limit]
+        return {
+            "incidents": page,
+            "limit": limit,
+            "offset": offset,
+            "more": offset + len(page) < len(items),
+            "total": len(items) if query.get("total") == ["true"] else None,
+        }
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def running(**options: Any) -> Iterator[LocalPagerDuty]:
+    """Run a ``LocalPagerDuty`` in a background thread for the duration of the block."""
+    server = LocalPagerDuty(**options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def serve(port_queue: Any, count: int, delay: float) -> None:
+    """Process entry point: serve ``count`` incidents, ``delay`` seconds per answer."""
+    server = LocalPagerDuty(count=count, delay=delay)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()

@@ -1,0 +1,121 @@
+"""``pdc serve`` as a real process: a SIGKILLed server resumes what it had recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from bench.local_pagerduty import LocalPagerDuty, running
+from tests.test_runtime import EVENT, FLOW
+
+ADMIN = "process-admin-token-7788"
+API_KEY = "u+PROCESS-key-1234"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def pagerduty() -> Iterator[LocalPagerDuty]:
+    with running(first_get_delay=60) as server:
+        yield server
+
+
+def test_sigkilled_server_resumes_a_recorded_execution(
+    tmp_path: Path, pagerduty: LocalPagerDuty
+) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PDC_DATA_DIR": str(tmp_path),
+        "PDC_ADMIN_TOKEN": ADMIN,
+        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
+        "PDC_PUBLIC_URL": base,
+        "PDC_PORT": str(port),
+        "PAGERDUTY_API_URL": pagerduty.url,
+    }
+    logs = tmp_path / "server.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with logs.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "component.cli", "serve"], env=env, stdout=out, stderr=out
+            )
+
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    server = start()
+    try:
+        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to start")
+        created = api.post(
+            "/api/connections",
+            json={
+                "name": "ops",
+                "type": "pagerduty-api-key",
+                "config": {"apiKey": API_KEY, "from": "oncall@example.com"},
+            },
+        )
+        assert created.status_code == 201, created.text
+        deployed = api.post(
+            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+        )
+        assert deployed.status_code == 201, deployed.text
+        answer = api.post(
+            "/webhooks/acme/on-incident",
+            content=json.dumps(EVENT),
+            headers={"X-Webhook-Id": "kill-1"},
+        )
+        assert answer.status_code == 202
+        execution = answer.json()["execution"]
+        _wait(
+            lambda: ("GET", "/incidents/Q1P5") in pagerduty.requests, 30, "the first step to start"
+        )
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+
+        server = start()
+        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
+        record = _wait(
+            lambda: (
+                (r := api.get(f"/api/executions/{execution}").json())["status"]
+                in ("succeeded", "failed")
+                and r
+            ),
+            30,
+            "the resumed execution to finish",
+        )
+        assert record["status"] == "succeeded", record
+        assert pagerduty.requests.count(("POST", "/incidents/Q1P5/notes")) == 1
+        assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        api.close()
