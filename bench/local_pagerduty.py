@@ -1,10 +1,10 @@
 """A small PagerDuty-like HTTP server on 127.0.0.1 for benchmarks and process tests.
 
 It answers ``GET /incidents`` (offset pagination over generated incidents),
-``GET /incidents/{id}``, ``POST /incidents/{id}/notes`` and ``GET /abilities``,
-optionally after a delay (``first_get_delay`` holds only the first
-``GET /incidents/{id}``, to catch a runtime mid-step), and records the method
-and path of every request.
+``GET /incidents/{id}``, ``POST /incidents/{id}/notes``, ``GET /abilities`` and
+the ``/webhook_subscriptions`` API (``bench.fake_subscriptions``), optionally
+after a delay (``first_get_delay`` holds only the first ``GET /incidents/{id}``,
+to catch a runtime mid-step), and records the method and path of every request.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from bench.fake_subscriptions import FakeSubscriptions
 
 
 def incident(n: int) -> dict[str, Any]:
@@ -49,6 +51,7 @@ class LocalPagerDuty(ThreadingHTTPServer):
         self.first_get_delay = first_get_delay
         self.requests: list[tuple[str, str]] = []
         self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
+        self.subscriptions = FakeSubscriptions()
         self._lock = threading.Lock()
 
     @property
@@ -71,7 +74,9 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def _send(self, status: int, body: Any) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        data = (
+            b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        )
         time.sleep(self.server.delay)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -79,7 +84,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}")
+
+    def _subscriptions(self, method: str) -> bool:
+        """Serve ``/webhook_subscriptions`` from the fake; ``False`` for other paths."""
+        parts = urlsplit(self.path)
+        if not parts.path.startswith("/webhook_subscriptions"):
+            return False
+        self.server.record(method, parts.path)
+        body = self._json() if method in ("POST", "PUT") else None
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        with self.server._lock:
+            status, answer = self.server.subscriptions.handle(method, parts.path, query, body)
+        self._send(status, answer)
+        return True
+
+    def do_PUT(self) -> None:
+        if not self._subscriptions("PUT"):
+            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def do_DELETE(self) -> None:
+        if not self._subscriptions("DELETE"):
+            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
     def do_GET(self) -> None:
+        if self._subscriptions("GET"):
+            return
         parts = urlsplit(self.path)
         before = self.server.record("GET", parts.path)
         if parts.path == "/abilities":
@@ -99,10 +131,11 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
 
     def do_POST(self) -> None:
+        if self._subscriptions("POST"):
+            return
         parts = urlsplit(self.path)
         self.server.record("POST", parts.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length) or b"{}")
+        body = self._json()
         if parts.path.endswith("/notes"):
             return self._send(201, {"note": {"id": "PWL7QXS", **body.get("note", {})}})
         return self._send(404, {"error": {"message": "Not Found", "code": 2100}})

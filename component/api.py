@@ -12,8 +12,10 @@ import json
 import re
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -21,21 +23,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
+from component.deploy import deploy_triggers, require_connection, teardown_triggers, undo_deploy
 from component.engine import Engine
 from component.errors import (
     ComponentError,
     ConfigurationError,
+    DeployError,
     InputError,
     ManifestError,
     PagerDutyError,
+    SignatureError,
 )
 from component.flows import Flow, validate_flow
 from component.inputs import clean_inputs
 from component.manifest import Input, InputType
-from component.redact import MASK, redact
+from component.redact import MASK, get_logger, redact
 from component.registry import TRIGGERS
 from component.store import ConnectionRow, ExecutionRow, InstanceRow, now, select
 
+log = get_logger("api")
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization"}
@@ -51,13 +57,22 @@ def engine_of(request: Request) -> Engine:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 naming the problem."""
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise HTTPException(400, f"request body is not JSON: {exc.msg}") from None
+    """The request's JSON object (or YAML, when sent as ``application/yaml``), or a 400."""
+    raw = await request.body() or b"{}"
+    if "yaml" in request.headers.get("content-type", ""):
+        try:
+            body = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise HTTPException(400, f"request body is not YAML: {exc}") from None
+        kind = "YAML mapping"
+    else:
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(400, f"request body is not JSON: {exc.msg}") from None
+        kind = "JSON object"
     if not isinstance(body, dict):
-        raise HTTPException(400, "request body must be a JSON object")
+        raise HTTPException(400, f"request body must be a {kind}")
     return body
 
 
@@ -337,37 +352,48 @@ def instance_view(engine: Engine, row: InstanceRow) -> dict[str, Any]:
     }
 
 
-async def _validated_instance(engine: Engine, data: InstanceIn) -> str | None:
+async def _validated_instance(engine: Engine, data: InstanceIn) -> tuple[str | None, list[str]]:
+    """Validate every flow, step and input; return the connection id and warnings."""
     names = [f.name for f in data.flows]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise InputError(data.name, "flows", f"flow name '{duplicate}' is used twice")
-    for flow in data.flows:
-        validate_flow(flow, engine.manifest)
+    warnings = [w for flow in data.flows for w in validate_flow(flow, engine.manifest)]
     if data.connection is None:
-        return None
-    return (await find_connection(engine, data.connection)).id
+        return None, warnings
+    return (await find_connection(engine, data.connection)).id, warnings
 
 
-async def _call_hooks(engine: Engine, row: InstanceRow, hook: str) -> None:
-    """Call each flow trigger's ``deploy`` or ``teardown`` hook, where it has one."""
-    for flow in row.flows:
-        implementation = TRIGGERS.get(flow["trigger"]["type"])
-        method = getattr(implementation, hook, None)
-        if method is not None:
-            await method(engine, row, flow)
+async def _deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
+    """Run the triggers' deploy hooks and commit; undo what they created if that fails."""
+    require_connection(row)
+    result = await deploy_triggers(engine, db, row)
+    try:
+        await db.commit()
+    except Exception:
+        await db.rollback()
+        connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
+        if connection is not None:
+            await undo_deploy(engine, connection, result)
+        raise
+    return result.log
+
+
+def _deployed_view(engine: Engine, row: InstanceRow, log: list[str], warnings: list[str]) -> Any:
+    return {**instance_view(engine, row), "deploy": {"log": log, "warnings": warnings}}
 
 
 async def deploy_instance(request: Request) -> JSONResponse:
     """
-    summary: Deploy an instance (every flow, step and input validated first)
+    summary: Deploy an instance (JSON or YAML; every flow, step and input validated first)
     responses:
-      201: {description: the instance with its webhook URLs}
+      201: {description: the instance with its webhook URLs and what the deploy did}
       400: {description: a flow, step or input is invalid; nothing stored}
+      502: {description: PagerDuty refused a subscription; what the deploy created was removed}
     """
     engine = engine_of(request)
     data: InstanceIn = parse(InstanceIn, await json_body(request))
-    connection_id = await _validated_instance(engine, data)
+    connection_id, warnings = await _validated_instance(engine, data)
     row = InstanceRow(
         id=data.name,
         enabled=data.enabled,
@@ -379,33 +405,32 @@ async def deploy_instance(request: Request) -> JSONResponse:
     async with engine.store.session() as db:
         if await db.get(InstanceRow, data.name):
             raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
-        await _call_hooks(engine, row, "deploy")
         db.add(row)
-        await db.commit()
-    return JSONResponse(instance_view(engine, row), status_code=201)
+        log = await _deploy(engine, db, row)
+    return JSONResponse(_deployed_view(engine, row, log, warnings), status_code=201)
 
 
 async def redeploy_instance(request: Request) -> JSONResponse:
     """
-    summary: Update and redeploy an instance
+    summary: Update and redeploy an instance (JSON or YAML)
     responses:
       200: {description: the redeployed instance}
       400: {description: invalid; the deployed instance is unchanged}
+      502: {description: PagerDuty refused; the deployed instance is unchanged}
     """
     engine = engine_of(request)
     name = request.path_params["name"]
     data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
-    connection_id = await _validated_instance(engine, data)
+    connection_id, warnings = await _validated_instance(engine, data)
     async with engine.store.session() as db:
         row = await db.get(InstanceRow, name)
         if row is None:
             raise HTTPException(404, f"no instance '{name}'")
         row.enabled, row.connection_id = data.enabled, connection_id
         row.flows = [f.model_dump() for f in data.flows]
-        row.config, row.updated_at = data.config, now()
-        await _call_hooks(engine, row, "deploy")
-        await db.commit()
-        return JSONResponse(instance_view(engine, row))
+        row.config, row.updated_at, row.state = data.config, now(), {"deployed": True}
+        log = await _deploy(engine, db, row)
+        return JSONResponse(_deployed_view(engine, row, log, warnings))
 
 
 async def list_instances(request: Request) -> JSONResponse:
@@ -458,14 +483,27 @@ async def delete_instance(request: Request) -> Response:
     """
     summary: Tear down and delete an instance (its executions are kept)
     responses:
-      204: {description: deleted}
+      204: {description: deleted, with every webhook subscription it had}
+      502: {description: teardown incomplete; the instance is kept, disabled, with the reason}
     """
     engine = engine_of(request)
+    name = request.path_params["name"]
     async with engine.store.session() as db:
-        row = await db.get(InstanceRow, request.path_params["name"])
+        row = await db.get(InstanceRow, name)
         if row is None:
-            raise HTTPException(404, f"no instance '{request.path_params['name']}'")
-        await _call_hooks(engine, row, "teardown")
+            raise HTTPException(404, f"no instance '{name}'")
+        try:
+            await teardown_triggers(engine, db, row)
+        except ComponentError as exc:
+            await db.rollback()
+            reason = f"teardown of instance '{name}' is incomplete: {exc}"
+            row = await db.get(InstanceRow, name)
+            assert row is not None
+            row.enabled, row.updated_at = False, now()
+            row.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
+            await db.commit()
+            advice = "the instance is disabled; retry DELETE to finish"
+            raise DeployError(f"{reason}; {advice}") from None
         await db.delete(row)
         await db.commit()
     return Response(status_code=204)
@@ -483,6 +521,7 @@ def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
         "status": row.status,
         "responseStatus": row.response_status,
         "error": row.error,
+        "reason": row.reason,
         "receivedAt": row.received_at.isoformat(),
         "startedAt": row.started_at.isoformat() if row.started_at else None,
         "finishedAt": row.finished_at.isoformat() if row.finished_at else None,
@@ -564,44 +603,33 @@ async def run_test_step(request: Request) -> JSONResponse:
 # --- webhook intake ------------------------------------------------------------------
 
 
-async def receive_webhook(request: Request) -> JSONResponse:
-    """
-    summary: Receive a PagerDuty webhook for one flow; recorded before it is answered
-    responses:
-      202: {description: recorded; the flow runs in the background}
-      200: {description: a redelivery already recorded}
-      400: {description: not a PagerDuty V3 webhook event}
-      404: {description: no such instance or flow}
-      413: {description: body over 2 MB}
-    """
-    engine = engine_of(request)
-    instance_id, flow_name = request.path_params["instance"], request.path_params["flow"]
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
-        raise HTTPException(413, "webhook body is over 2 MB")
-    body = await request.body()
-    if len(body) > MAX_WEBHOOK_BYTES:
-        raise HTTPException(413, "webhook body is over 2 MB")
-    async with engine.store.session() as db:
-        instance = await db.get(InstanceRow, instance_id)
-    flow = next((f for f in (instance.flows if instance else []) if f["name"] == flow_name), None)
-    if instance is None or flow is None:
-        raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
-    headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
+async def _record(
+    engine: Engine,
+    instance: InstanceRow,
+    flow: dict[str, Any],
+    body: bytes,
+    headers: dict[str, str],
+    output: dict[str, Any],
+) -> JSONResponse:
+    """Store the delivery as an execution, then start it unless there is a reason not to."""
     trigger = TRIGGERS[flow["trigger"]["type"]]
-    output = trigger.parse(body, headers)
-    status = "received" if instance.enabled else "skipped"
-    answer = 202
+    reason = None
+    if not instance.enabled:
+        reason = "instance is disabled"
+    elif hasattr(trigger, "skip_reason"):
+        reason = trigger.skip_reason(output, flow["trigger"]["inputs"])
+    status = "received" if reason is None else "skipped"
     row = ExecutionRow(
-        instance_id=instance_id,
-        flow=flow_name,
+        instance_id=instance.id,
+        flow=flow["name"],
         webhook_id=headers.get("x-webhook-id"),
         status=status,
+        reason=reason,
         received_body=redact(body.decode("utf-8", "replace")),
         headers=headers,
-        response_status=answer,
+        response_status=202,
         trigger=output,
-        error=None if instance.enabled else "instance is disabled",
+        finished_at=now() if reason else None,
     )
     async with engine.store.session() as db:
         db.add(row)
@@ -609,9 +637,60 @@ async def receive_webhook(request: Request) -> JSONResponse:
             await db.commit()
         except IntegrityError:
             return JSONResponse({"duplicate": True, "webhookId": row.webhook_id}, status_code=200)
-    if instance.enabled:
-        engine.submit(row.id, instance_id, flow_name)
-    return JSONResponse({"execution": row.id, "status": status}, status_code=answer)
+    if reason is None:
+        engine.submit(row.id, instance.id, flow["name"])
+    return JSONResponse({"execution": row.id, "status": status}, status_code=202)
+
+
+async def _flow_of(engine: Engine, instance_id: str, flow_name: str) -> tuple[InstanceRow, Any]:
+    async with engine.store.session() as db:
+        instance = await db.get(InstanceRow, instance_id)
+    flow = next((f for f in (instance.flows if instance else []) if f["name"] == flow_name), None)
+    if instance is None or flow is None:
+        raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
+    return instance, flow
+
+
+async def receive_webhook(request: Request) -> JSONResponse:
+    """
+    summary: Receive a signed PagerDuty webhook for one flow; recorded before it is answered
+    responses:
+      202: {description: recorded; the flow runs in the background (or is skipped, with why)}
+      200: {description: a redelivery already recorded; nothing new starts}
+      400: {description: unsigned, malformed signature, or not a V3 webhook event}
+      403: {description: the signature matches no secret held for this flow}
+      404: {description: no such instance or flow}
+      413: {description: body over 2 MB}
+    """
+    engine = engine_of(request)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_WEBHOOK_BYTES:
+        raise HTTPException(413, "webhook body is over 2 MB")
+    body = await request.body()
+    if len(body) > MAX_WEBHOOK_BYTES:
+        raise HTTPException(413, "webhook body is over 2 MB")
+    instance_id, flow_name = request.path_params["instance"], request.path_params["flow"]
+    instance, flow = await _flow_of(engine, instance_id, flow_name)
+    headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
+    trigger = TRIGGERS[flow["trigger"]["type"]]
+    if hasattr(trigger, "verify"):
+        trigger.verify(body, headers, await engine.signing_secrets(instance_id, flow_name))
+    return await _record(engine, instance, flow, body, headers, trigger.parse(body, headers))
+
+
+async def test_flow(request: Request) -> JSONResponse:
+    """
+    summary: Run a flow now with a sample trigger payload (no signature; admin only)
+    responses:
+      202: {description: recorded; the flow runs in the background}
+      400: {description: the payload is not what the flow's trigger accepts}
+    """
+    engine = engine_of(request)
+    params = request.path_params
+    instance, flow = await _flow_of(engine, params["name"], params["flow"])
+    body = await request.body()
+    output = TRIGGERS[flow["trigger"]["type"]].parse(body, {})
+    return await _record(engine, instance, flow, body, {"x-pdc-test-run": "true"}, output)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -643,6 +722,7 @@ ROUTES = [
     Route("/api/instances/{name}", redeploy_instance, methods=["PUT"]),
     Route("/api/instances/{name}", delete_instance, methods=["DELETE"]),
     Route("/api/instances/{name}/{action:str}", set_enabled, methods=["POST"]),
+    Route("/api/instances/{name}/flows/{flow}/test", test_flow, methods=["POST"]),
     Route("/api/executions", list_executions, methods=["GET"]),
     Route("/api/executions/{id}", get_execution, methods=["GET"]),
     Route("/api/test-runs", run_test_step, methods=["POST"]),
@@ -679,6 +759,16 @@ async def _pagerduty_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(502, "PagerDutyError", str(exc), pagerduty=exc.to_dict())
 
 
+async def _signature_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SignatureError)
+    log.warning("refused a webhook for %s: %s", request.url.path, exc)
+    return _error(exc.status, "SignatureError", str(exc))
+
+
+async def _deploy_error(request: Request, exc: Exception) -> JSONResponse:
+    return _error(502, "DeployError", str(exc))
+
+
 async def _component_error(request: Request, exc: Exception) -> JSONResponse:
     status = 500 if isinstance(exc, ManifestError) else 400
     kind = "ConfigurationError" if isinstance(exc, ConfigurationError) else type(exc).__name__
@@ -693,6 +783,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS = {
     InputError: _input_error,
     PagerDutyError: _pagerduty_error,
+    SignatureError: _signature_error,
+    DeployError: _deploy_error,
     ComponentError: _component_error,
     HTTPException: _http_error,
 }

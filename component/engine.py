@@ -23,7 +23,15 @@ from component.manifest import Manifest
 from component.redact import get_logger, redact
 from component.requester import run_step
 from component.settings import RuntimeSettings
-from component.store import ConnectionRow, ExecutionRow, InstanceRow, Store, now, select
+from component.store import (
+    ConnectionRow,
+    ExecutionRow,
+    InstanceRow,
+    Store,
+    SubscriptionRow,
+    now,
+    select,
+)
 from connections import ConnectionConfig
 
 log = get_logger("engine")
@@ -70,6 +78,15 @@ class Engine:
             from_email=row.config.get("from"),
             region=row.config.get("region") or "us",
         )
+
+    async def signing_secrets(self, instance_id: str, flow: str) -> list[str]:
+        """The webhook signing secrets held for one flow (several while rotating)."""
+        async with self.store.session() as db:
+            query = select(SubscriptionRow.secret).where(
+                SubscriptionRow.instance_id == instance_id, SubscriptionRow.flow == flow
+            )
+            sealed = (await db.execute(query)).scalars().all()
+        return [self.box.open(s).get("secret", "") for s in sealed]
 
     def client(self, config: ConnectionConfig | None) -> PagerDutyClient:
         """A PagerDuty client for ``config`` (tests inject the transport)."""

@@ -4,7 +4,9 @@
     ├── ManifestError              manifest.yaml or an implementation does not fit (startup)
     ├── InputError                 a step input is missing or malformed (nothing sent)
     ├── ConfigurationError         no request can be made with this connection/settings
-    └── PagerDutyError             PagerDuty answered with an error, or could not be reached
+    ├── PagerDutyError             PagerDuty answered with an error, or could not be reached
+    ├── DeployError                a trigger's deploy or teardown failed (says what was undone)
+    └── SignatureError             a webhook delivery is unsigned (400) or forged (403)
 
 Every message is written for the person who has to fix it, names what was wrong,
 and never contains a secret: errors are built from our own words and from
@@ -85,3 +87,15 @@ class PagerDutyError(ComponentError):
             "method": self.method,
             "path": self.path,
         }
+
+
+class DeployError(ComponentError):
+    """A trigger's deploy or teardown failed; the message says where and what was undone."""
+
+
+class SignatureError(ComponentError):
+    """A delivery's signature is missing or malformed (400) or matches no secret (403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)

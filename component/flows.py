@@ -22,6 +22,7 @@ from component.errors import ComponentError, InputError
 from component.inputs import clean_inputs
 from component.manifest import InputType, Manifest
 from component.redact import MASK, redact
+from component.registry import TRIGGERS
 
 
 class _DataEnvironment(SandboxedEnvironment):
@@ -111,12 +112,23 @@ def _contains_template(value: Any) -> bool:
     return False
 
 
-def validate_flow(flow: Flow, manifest: Manifest) -> None:
-    """Check the trigger, every step, its inputs and templates; raise ``InputError``."""
+def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
+    """Check the trigger, every step, its inputs and templates; raise ``InputError``.
+
+    The trigger's inputs are replaced by their cleaned values; warnings (values
+    sent as they are) are returned.
+    """
     trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
     if trigger is None:
         known = ", ".join(t.key for t in manifest.triggers)
         raise InputError(flow.name, "trigger.type", f"unknown trigger (known: {known})")
+    owner = f"{flow.name}.trigger ({trigger.key})"
+    cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
+    check = getattr(TRIGGERS.get(trigger.key), "check", None)
+    if check is not None:
+        check(owner, cleaned)
+    flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
+    warnings = list(cleaned.warnings)
     seen: list[str] = []
     for step in flow.steps:
         owner = f"{flow.name}.{step.name}"
@@ -128,7 +140,7 @@ def validate_flow(flow: Flow, manifest: Manifest) -> None:
         static = {k: v for k, v in step.inputs.items() if k not in templated}
         missing_templated = [i for i in item.inputs if i.key in templated]
         declared = [i for i in item.inputs if i not in missing_templated]
-        clean_inputs(f"{owner} ({step.action})", declared, static)
+        warnings += clean_inputs(f"{owner} ({step.action})", declared, static).warnings
         for key in templated:
             _compile(owner, key, step.inputs[key])
             for ref in _STEP_REF.findall(str(step.inputs[key])):
@@ -139,6 +151,7 @@ def validate_flow(flow: Flow, manifest: Manifest) -> None:
         if step.when:
             _compile(owner, "when", "{{" + step.when + "}}")
         seen.append(step.name)
+    return warnings
 
 
 def render(value: Any, scope: dict[str, Any]) -> Any:

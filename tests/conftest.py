@@ -8,23 +8,32 @@ official OpenAPI document when the test ends (unless the test is marked
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import respx
+from cryptography.fernet import Fernet
+from starlette.testclient import TestClient
 
+from bench.fake_subscriptions import FakeSubscriptions
+from component.app import create_app
 from component.client import ClientSettings, PagerDutyClient, RetryPolicy
 from component.context import StepContext
 from component.manifest import Manifest, load_manifest
 from component.registry import check_implementations
 from component.requester import run_step
+from component.settings import RuntimeSettings, load_settings
 from component.store import Store
 from connections import ConnectionConfig
 from tests.openapi import validate_request
+from tests.runtime import ADMIN, AUTH, PUBLIC
 
 API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
 FROM = "oncall@example.com"
@@ -68,11 +77,26 @@ def clock() -> FakeClock:
 def pd(request: pytest.FixtureRequest) -> Iterator[respx.MockRouter]:
     """respx for PagerDuty; unmatched requests fail; captured requests checked vs spec."""
     with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
+        router.get(f"{REST}/abilities").respond(json={"abilities": ["teams"]})
         yield router
         captured = [call.request for call in router.calls]  # respx clears calls on exit
     if request.node.get_closest_marker("no_spec") is None:
         for sent in captured:
             validate_request(sent)
+
+
+def mount_subscriptions(router: respx.MockRouter, page_size: int = 100) -> FakeSubscriptions:
+    """Serve PagerDuty's ``/webhook_subscriptions`` API statefully on a respx router."""
+    fake = FakeSubscriptions(page_size=page_size)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        query = dict(request.url.params)
+        status, data = fake.handle(request.method, request.url.path, query, body)
+        return httpx.Response(status, json=data) if data is not None else httpx.Response(status)
+
+    router.route(url__regex=rf"^{re.escape(REST)}/webhook_subscriptions").mock(side_effect=answer)
+    return fake
 
 
 MakeCtx = Callable[..., StepContext]
@@ -151,3 +175,30 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     await opened.migrate()
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def runtime_settings(database_url: str, tmp_path: Path) -> RuntimeSettings:
+    """Runtime settings on the test's database, with known admin token and a fresh key."""
+    return load_settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+    )
+
+
+@pytest.fixture
+def subs(pd: respx.MockRouter) -> FakeSubscriptions:
+    """PagerDuty's webhook subscriptions, stateful, on the ``pd`` router."""
+    return mount_subscriptions(pd)
+
+
+@pytest.fixture
+def api(
+    runtime_settings: RuntimeSettings, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> Iterator[TestClient]:
+    """The runtime app on the test's database, authenticated as the admin."""
+    with TestClient(create_app(runtime_settings), headers=AUTH) as client:
+        yield client

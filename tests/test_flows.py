@@ -25,9 +25,25 @@ TRIGGER = {
 }
 
 
-def flow(steps: list[dict[str, Any]], trigger: str = "incidentsTrigger") -> Flow:
+TRIGGER_INPUTS = {
+    "events": ["incident.triggered"],
+    "webhookDescription": "ops",
+    "filterType": "account_reference",
+}
+
+
+def flow(
+    steps: list[dict[str, Any]],
+    trigger: str = "incidentsTrigger",
+    inputs: dict[str, Any] | None = None,
+) -> Flow:
+    trigger_inputs = {**TRIGGER_INPUTS, **(inputs or {})}
     return Flow.model_validate(
-        {"name": "on-incident", "trigger": {"type": trigger}, "steps": steps}
+        {
+            "name": "on-incident",
+            "trigger": {"type": trigger, "inputs": trigger_inputs},
+            "steps": steps,
+        }
     )
 
 
@@ -115,6 +131,49 @@ def test_bad_flows_are_rejected_with_the_step_and_input(
     with pytest.raises(InputError) as info:
         validate_flow(flow(steps, trigger), manifest)
     assert message in str(info.value)
+
+
+GET = [{"name": "a", "action": "getIncident", "inputs": {"id": "P1"}}]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "inputs", "message"),
+    [
+        ("incidentsTrigger", {"filterType": "service_reference"}, "input 'filterId': is required"),
+        ("incidentsTrigger", {"filterType": "user_reference"}, "'user_reference' is not one of"),
+        (
+            "incidentsTrigger",
+            {"events": ["service.created"]},
+            "'service.created' is not one of its incident.* events",
+        ),
+        ("serviceTrigger", {}, "'incident.triggered' is not one of its service.* events"),
+        ("incidentsTrigger", {"events": []}, "input 'events': is required"),
+        ("incidentsTrigger", {"webhookDescription": ""}, "input 'webhookDescription': is required"),
+    ],
+)
+def test_bad_trigger_inputs_are_rejected(
+    trigger: str, inputs: dict[str, Any], message: str, manifest: Manifest
+) -> None:
+    with pytest.raises(InputError) as info:
+        validate_flow(flow(GET, trigger, inputs), manifest)
+    assert message in str(info.value) and f"on-incident.trigger ({trigger})" in str(info.value)
+
+
+def test_trigger_inputs_are_cleaned_and_unknown_events_warned(manifest: Manifest) -> None:
+    checked = flow(
+        GET,
+        inputs={
+            "events": "incident.brand_new",
+            "filterType": "team_reference",
+            "filterId": "PT1",
+        },
+    )
+    warnings = validate_flow(checked, manifest)
+    assert checked.trigger.inputs["events"] == ["incident.brand_new"]
+    assert warnings == [
+        "on-incident.trigger (incidentsTrigger): input 'events': "
+        "'incident.brand_new' is not a known value; sent as is"
+    ]
 
 
 def test_duplicate_step_names_are_rejected() -> None:

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 
 from bench.local_pagerduty import LocalPagerDuty, running
 from tests.test_runtime import EVENT, FLOW
+from triggers.signature import sign
 
 ADMIN = "process-admin-token-7788"
 API_KEY = "u+PROCESS-key-1234"
@@ -88,10 +89,12 @@ def test_sigkilled_server_resumes_a_recorded_execution(
             "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
         )
         assert deployed.status_code == 201, deployed.text
+        (secret,) = pagerduty.subscriptions.secrets.values()
+        body = json.dumps(EVENT).encode()
         answer = api.post(
             "/webhooks/acme/on-incident",
-            content=json.dumps(EVENT),
-            headers={"X-Webhook-Id": "kill-1"},
+            content=body,
+            headers={"X-Webhook-Id": "kill-1", "X-PagerDuty-Signature": sign(body, secret)},
         )
         assert answer.status_code == 202
         execution = answer.json()["execution"]

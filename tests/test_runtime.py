@@ -3,118 +3,41 @@ webhook intake, flow execution and the execution log. PagerDuty is mocked by res
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
+import yaml
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
+from bench.fake_subscriptions import FakeSubscriptions
 from component.app import create_app
 from component.settings import RuntimeSettings, load_settings
 from component.store import Store
 from tests.conftest import REST
-from tests.openapi import validate_request
-
-API_KEY = "u+RUNTIME-secret-key-5566"
-ADMIN = "admin-token-for-tests-0001"
-PUBLIC = "https://pdc.example.com"
-INCIDENT = {"incident": {"id": "Q1P5", "title": "Server is on fire", "urgency": "high"}}
-EVENT = {
-    "event": {
-        "id": "01DEN0M0L0OCDNR0CDEVP4SRGH",
-        "event_type": "incident.triggered",
-        "resource_type": "incident",
-        "occurred_at": "2024-01-15T10:30:00.000Z",
-        "agent": None,
-        "client": None,
-        "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
-    }
-}
-FLOW = {
-    "name": "on-incident",
-    "trigger": {
-        "type": "incidentsTrigger",
-        "inputs": {
-            "events": ["incident.triggered"],
-            "webhookDescription": "ops",
-            "filterType": "account_reference",
-        },
-    },
-    "steps": [
-        {
-            "name": "incident",
-            "action": "getIncident",
-            "inputs": {"id": "{{ trigger.event.data.id }}"},
-        },
-        {
-            "name": "note",
-            "action": "createIncidentNote",
-            "inputs": {
-                "id": "{{ steps.incident.data.incident.id }}",
-                "note": "Investigating: {{ steps.incident.data.incident.title }}",
-            },
-        },
-    ],
-}
-AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> RuntimeSettings:
-    return load_settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        admin_token=ADMIN,
-        secret_key=Fernet.generate_key().decode(),
-        public_url=PUBLIC,
-    )
-
-
-@pytest.fixture
-def pd() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False, assert_all_mocked=True) as router:
-        router.get(f"{REST}/abilities").respond(json={"abilities": ["teams"]})
-        yield router
-        for call in router.calls:
-            validate_request(call.request)
-
-
-@pytest.fixture
-def api(settings: RuntimeSettings, pd: respx.MockRouter) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), headers=AUTH) as client:
-        yield client
-
-
-def drain(client: TestClient) -> None:
-    client.portal.call(client.app.state.engine.drain)  # type: ignore[union-attr]
-
-
-def make_connection(api: TestClient, key: str = API_KEY) -> dict[str, Any]:
-    answer = api.post(
-        "/api/connections",
-        json={
-            "name": "ops",
-            "type": "pagerduty-api-key",
-            "config": {"apiKey": key, "from": "oncall@example.com"},
-        },
-    )
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-def deliver(api: TestClient, path: str, webhook_id: str = "wh-1") -> httpx.Response:
-    return api.post(path, content=json.dumps(EVENT), headers={"X-Webhook-Id": webhook_id})
+from tests.runtime import (
+    ADMIN,
+    API_KEY,
+    AUTH,
+    EVENT,
+    FLOW,
+    INCIDENT,
+    PUBLIC,
+    deliver,
+    drain,
+    make_connection,
+)
 
 
 def test_flow_runs_from_a_webhook_and_is_recorded(
-    api: TestClient, pd: respx.MockRouter, caplog: pytest.LogCaptureFixture
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
@@ -129,7 +52,7 @@ def test_flow_runs_from_a_webhook_and_is_recorded(
     url = deployed.json()["webhookUrls"]["on-incident"]
     assert url == f"{PUBLIC}/webhooks/acme/on-incident"
 
-    answer = deliver(api, "/webhooks/acme/on-incident")
+    answer = deliver(api, subs, "/webhooks/acme/on-incident")
     assert answer.status_code == 202
     execution_id = answer.json()["execution"]
     drain(api)
@@ -154,7 +77,7 @@ def test_flow_runs_from_a_webhook_and_is_recorded(
     }
     assert record["steps"][0]["result"] == {"data": INCIDENT}
 
-    again = deliver(api, "/webhooks/acme/on-incident")  # a redelivery: same X-Webhook-Id
+    again = deliver(api, subs, "/webhooks/acme/on-incident")  # a redelivery: same X-Webhook-Id
     assert again.status_code == 200 and again.json()["duplicate"] is True
     drain(api)
     assert get.call_count == 1
@@ -172,11 +95,11 @@ def test_flow_runs_from_a_webhook_and_is_recorded(
 
 
 async def test_secrets_are_encrypted_in_the_database(
-    settings: RuntimeSettings, pd: respx.MockRouter
+    runtime_settings: RuntimeSettings, pd: respx.MockRouter
 ) -> None:
-    with TestClient(create_app(settings), headers=AUTH) as client:
+    with TestClient(create_app(runtime_settings), headers=AUTH) as client:
         make_connection(client)
-    store = Store(settings.resolved_database_url())
+    store = Store(runtime_settings.resolved_database_url())
     async with store.engine.connect() as raw:
         dump = [
             str(row)
@@ -251,16 +174,79 @@ def test_connection_in_use_cannot_be_deleted(api: TestClient) -> None:
     assert api.delete("/api/connections/ops").status_code == 204
 
 
-def test_disabled_instance_records_and_skips(api: TestClient, pd: respx.MockRouter) -> None:
+def test_disabled_instance_records_and_skips(
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
     make_connection(api)
     api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
     assert api.post("/api/instances/acme/disable").json()["enabled"] is False
-    answer = deliver(api, "/webhooks/acme/on-incident")
+    before = len(pd.calls)
+    answer = deliver(api, subs, "/webhooks/acme/on-incident")
     drain(api)
     assert answer.status_code == 202 and answer.json()["status"] == "skipped"
     record = api.get(f"/api/executions/{answer.json()['execution']}").json()
     assert record["status"] == "skipped" and record["steps"] == []
-    assert [c.request.url.path for c in pd.calls] == ["/abilities"]
+    assert record["reason"] == "instance is disabled"
+    assert len(pd.calls) == before
+
+
+def test_flows_can_be_deployed_as_yaml_and_tried_with_a_sample_payload(
+    api: TestClient, pd: respx.MockRouter
+) -> None:
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    make_connection(api)
+    document = yaml.safe_dump({"name": "acme", "connection": "ops", "flows": [FLOW]})
+    deployed = api.post(
+        "/api/instances", content=document, headers={"Content-Type": "application/yaml"}
+    )
+    assert deployed.status_code == 201, deployed.text
+    assert deployed.json()["deploy"]["log"] == ["on-incident: created subscription PSUB0001"]
+    tried = api.post("/api/instances/acme/flows/on-incident/test", content=json.dumps(EVENT))
+    assert tried.status_code == 202
+    drain(api)
+    record = api.get(f"/api/executions/{tried.json()['execution']}").json()
+    assert record["status"] == "succeeded" and record["headers"] == {"x-pdc-test-run": "true"}
+    assert get.call_count == 1 and note.call_count == 1
+    broken = api.post(
+        "/api/instances", content=b"name: [", headers={"Content-Type": "application/yaml"}
+    )
+    assert broken.status_code == 400 and "not YAML" in broken.json()["error"]["message"]
+
+
+def test_executions_of_one_flow_run_up_to_the_concurrency_limit(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+        flow_concurrency=2,
+    )
+    running = 0
+    peak = 0
+
+    async def slow_incident(request: httpx.Request) -> httpx.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return httpx.Response(200, json=INCIDENT)
+
+    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=slow_incident)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        make_connection(client)
+        client.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+        for n in range(6):
+            assert deliver(client, subs, "/webhooks/acme/on-incident", f"wh-{n}").status_code == 202
+        drain(client)
+        statuses = [e["status"] for e in client.get("/api/executions").json()]
+    assert statuses == ["succeeded"] * 6
+    assert peak == 2
 
 
 def test_webhook_errors(api: TestClient) -> None:
@@ -273,8 +259,8 @@ def test_webhook_errors(api: TestClient) -> None:
     assert api.get("/api/executions").json() == []
 
 
-def test_management_api_needs_the_admin_token(settings: RuntimeSettings, pd: Any) -> None:
-    with TestClient(create_app(settings)) as client:
+def test_management_api_needs_the_admin_token(runtime_settings: RuntimeSettings, pd: Any) -> None:
+    with TestClient(create_app(runtime_settings)) as client:
         assert client.get("/api/connections").status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert client.get("/api/instances", headers=wrong).status_code == 401

@@ -1,21 +1,27 @@
 """``incidentsTrigger`` and ``serviceTrigger``: PagerDuty V3 webhook triggers.
 
-This module turns a delivered body into the trigger's output, the parsed event
-plus the request headers, as the reference's example payload shows. The
-subscription lifecycle (deploy/teardown) and signature checks build on it.
+Each trigger checks its inputs at deploy, says which subscription its flow needs
+(``desired``), verifies a delivery's signature and turns the body into the
+trigger's output: the parsed event plus the request headers, as the reference's
+example payload shows. The runtime's deploy and teardown hooks
+(``component/deploy.py``) keep the subscriptions themselves in step.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from component.errors import InputError
+from component.inputs import CleanedInputs
 from component.registry import trigger
+from triggers.signature import HEADER, verify_signature
+from triggers.subscriptions import Desired
 
 EVENT_FIELDS = ("id", "event_type", "resource_type", "occurred_at", "agent", "client", "data")
+PING = "pagey.ping"
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,32 @@ class WebhookTrigger:
 
     key: str
     resource_type: str
+
+    def check(self, owner: str, inputs: CleanedInputs) -> None:
+        """Rules the manifest cannot declare: the filter id, and events of our resource."""
+        if inputs.get("filterType") != "account_reference" and not inputs.get("filterId"):
+            raise InputError(
+                owner, "filterId", f"is required when filterType is {inputs.get('filterType')}"
+            )
+        prefix = f"{self.resource_type}."
+        foreign = [e for e in inputs.get("events") or [] if not e.startswith(prefix)]
+        if foreign:
+            raise InputError(owner, "events", f"{foreign[0]!r} is not one of its {prefix}* events")
+
+    def desired(self, flow: str, url: str, inputs: Mapping[str, Any]) -> Desired:
+        """The subscription a flow with these (cleaned) inputs needs at ``url``."""
+        return Desired(
+            flow=flow,
+            url=url,
+            events=tuple(dict.fromkeys(inputs.get("events") or [])),
+            description=str(inputs.get("webhookDescription") or ""),
+            filter_type=str(inputs.get("filterType") or "account_reference"),
+            filter_id=inputs.get("filterId") or None,
+        )
+
+    def verify(self, body: bytes, headers: Mapping[str, str], secrets: Iterable[str]) -> None:
+        """Raise ``SignatureError`` unless the delivery is signed with one of ``secrets``."""
+        verify_signature(body, headers.get(HEADER), secrets)
 
     def parse(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """Return ``{"event": {...}, "headers": {...}}`` or raise ``InputError``."""
@@ -36,6 +68,15 @@ class WebhookTrigger:
             raise InputError(self.key, "body", "is not a PagerDuty V3 webhook event")
         parsed = {name: event.get(name) for name in EVENT_FIELDS}
         return {"event": parsed, "headers": {k.lower(): v for k, v in headers.items()}}
+
+    def skip_reason(self, output: dict[str, Any], inputs: Mapping[str, Any]) -> str | None:
+        """Why a parsed delivery runs no steps (a ping, an event not selected), or ``None``."""
+        event_type = output["event"]["event_type"]
+        if event_type == PING:
+            return "pagey.ping acknowledged; pings run no steps"
+        if event_type not in (inputs.get("events") or []):
+            return f"event type {event_type} is not selected by this flow"
+        return None
 
 
 incidents_trigger = trigger("incidentsTrigger")(WebhookTrigger("incidentsTrigger", "incident"))
