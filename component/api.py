@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from component.deploy import deploy_triggers, require_connection, teardown_triggers, undo_deploy
 from component.engine import Engine
@@ -36,10 +36,11 @@ from component.errors import (
 )
 from component.flows import Flow, validate_flow
 from component.inputs import clean_inputs
+from component.intake import IntakeTarget
 from component.manifest import Input, InputType
 from component.redact import MASK, get_logger, redact
 from component.registry import TRIGGERS
-from component.store import ConnectionRow, ExecutionRow, InstanceRow, now, select
+from component.store import ConnectionRow, ExecutionRow, InstanceRow, new_id, now, select
 
 log = get_logger("api")
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
@@ -370,6 +371,7 @@ async def _deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[st
     result = await deploy_triggers(engine, db, row)
     try:
         await db.commit()
+        engine.intake.forget(row.id)
     except Exception:
         await db.rollback()
         connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
@@ -476,6 +478,7 @@ async def set_enabled(request: Request) -> JSONResponse:
             raise HTTPException(404, f"no instance '{request.path_params['name']}'")
         row.enabled, row.updated_at = action == "enable", now()
         await db.commit()
+        engine.intake.forget(row.id)
         return JSONResponse(instance_view(engine, row))
 
 
@@ -502,10 +505,12 @@ async def delete_instance(request: Request) -> Response:
             row.enabled, row.updated_at = False, now()
             row.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
             await db.commit()
+            engine.intake.forget(name)
             advice = "the instance is disabled; retry DELETE to finish"
             raise DeployError(f"{reason}; {advice}") from None
         await db.delete(row)
         await db.commit()
+    engine.intake.forget(name)
     return Response(status_code=204)
 
 
@@ -605,7 +610,7 @@ async def run_test_step(request: Request) -> JSONResponse:
 
 async def _record(
     engine: Engine,
-    instance: InstanceRow,
+    target: IntakeTarget,
     flow: dict[str, Any],
     body: bytes,
     headers: dict[str, str],
@@ -614,41 +619,44 @@ async def _record(
     """Store the delivery as an execution, then start it unless there is a reason not to."""
     trigger = TRIGGERS[flow["trigger"]["type"]]
     reason = None
-    if not instance.enabled:
+    if not target.enabled:
         reason = "instance is disabled"
     elif hasattr(trigger, "skip_reason"):
         reason = trigger.skip_reason(output, flow["trigger"]["inputs"])
     status = "received" if reason is None else "skipped"
-    row = ExecutionRow(
-        instance_id=instance.id,
-        flow=flow["name"],
-        webhook_id=headers.get("x-webhook-id"),
-        status=status,
-        reason=reason,
-        received_body=redact(body.decode("utf-8", "replace")),
-        headers=headers,
-        response_status=202,
-        trigger=output,
-        finished_at=now() if reason else None,
-    )
-    async with engine.store.session() as db:
-        db.add(row)
-        try:
-            await db.commit()
-        except IntegrityError:
-            return JSONResponse({"duplicate": True, "webhookId": row.webhook_id}, status_code=200)
+    received = now()
+    row = {
+        "id": new_id(),
+        "instance_id": target.instance_id,
+        "flow": flow["name"],
+        "webhook_id": headers.get("x-webhook-id"),
+        "status": status,
+        "reason": reason,
+        "received_body": redact(body.decode("utf-8", "replace")),
+        "headers": headers,
+        "response_status": 202,
+        "trigger": output,
+        "steps": [],
+        "error": None,
+        "received_at": received,
+        "started_at": None,
+        "finished_at": received if reason else None,
+    }
+    if not await engine.writer.record(row):
+        return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
     if reason is None:
-        engine.submit(row.id, instance.id, flow["name"])
-    return JSONResponse({"execution": row.id, "status": status}, status_code=202)
+        engine.submit(row["id"], target.instance_id, flow["name"])
+    return JSONResponse({"execution": row["id"], "status": status}, status_code=202)
 
 
-async def _flow_of(engine: Engine, instance_id: str, flow_name: str) -> tuple[InstanceRow, Any]:
-    async with engine.store.session() as db:
-        instance = await db.get(InstanceRow, instance_id)
-    flow = next((f for f in (instance.flows if instance else []) if f["name"] == flow_name), None)
-    if instance is None or flow is None:
+async def _flow_of(
+    engine: Engine, instance_id: str, flow_name: str
+) -> tuple[IntakeTarget, dict[str, Any]]:
+    target = await engine.intake.get(instance_id)
+    flow = target.flows.get(flow_name) if target else None
+    if target is None or flow is None:
         raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
-    return instance, flow
+    return target, flow
 
 
 async def receive_webhook(request: Request) -> JSONResponse:
@@ -669,13 +677,13 @@ async def receive_webhook(request: Request) -> JSONResponse:
     body = await request.body()
     if len(body) > MAX_WEBHOOK_BYTES:
         raise HTTPException(413, "webhook body is over 2 MB")
-    instance_id, flow_name = request.path_params["instance"], request.path_params["flow"]
-    instance, flow = await _flow_of(engine, instance_id, flow_name)
+    flow_name = request.path_params["flow"]
+    target, flow = await _flow_of(engine, request.path_params["instance"], flow_name)
     headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
     trigger = TRIGGERS[flow["trigger"]["type"]]
     if hasattr(trigger, "verify"):
-        trigger.verify(body, headers, await engine.signing_secrets(instance_id, flow_name))
-    return await _record(engine, instance, flow, body, headers, trigger.parse(body, headers))
+        trigger.verify(body, headers, target.secrets.get(flow_name, []))
+    return await _record(engine, target, flow, body, headers, trigger.parse(body, headers))
 
 
 async def test_flow(request: Request) -> JSONResponse:
@@ -687,10 +695,11 @@ async def test_flow(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     params = request.path_params
-    instance, flow = await _flow_of(engine, params["name"], params["flow"])
+    engine.intake.forget(params["name"])
+    target, flow = await _flow_of(engine, params["name"], params["flow"])
     body = await request.body()
     output = TRIGGERS[flow["trigger"]["type"]].parse(body, {})
-    return await _record(engine, instance, flow, body, {"x-pdc-test-run": "true"}, output)
+    return await _record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -708,6 +717,8 @@ async def openapi(request: Request) -> Response:
 
 
 ROUTES = [
+    # First, because routes are matched in order and deliveries are the hot path.
+    Route("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
     Route("/api/component", component_spec, methods=["GET"]),
@@ -726,21 +737,30 @@ ROUTES = [
     Route("/api/executions", list_executions, methods=["GET"]),
     Route("/api/executions/{id}", get_execution, methods=["GET"]),
     Route("/api/test-runs", run_test_step, methods=["POST"]),
-    Route("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
 ]
 
 
-class AdminAuth(BaseHTTPMiddleware):
-    """Requires ``Authorization: Bearer <admin token>`` on every ``/api/`` route."""
+class AdminAuth:
+    """Requires ``Authorization: Bearer <admin token>`` on every ``/api/`` route.
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` spawns a task group
+    and memory streams per request, which would tax every webhook delivery too.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Reject unauthenticated management calls before any handler runs."""
-        if request.url.path.startswith("/api/"):
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            request = Request(scope)
             expected = f"Bearer {request.app.state.engine.settings.admin_token}"
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return _error(401, "Unauthorized", "a valid admin bearer token is required")
-        return await call_next(request)
+                denied = _error(401, "Unauthorized", "a valid admin bearer token is required")
+                await denied(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:

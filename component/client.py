@@ -10,12 +10,15 @@ header, the client-side request budget, retries with backoff (honouring
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import certifi
 import httpx
 
 from component.errors import ConfigurationError, PagerDutyError
@@ -174,6 +177,13 @@ def error_from_response(response: httpx.Response, method: str, path: str) -> Pag
     )
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every client: loading the CA bundle takes tens of milliseconds,
+    which would otherwise block the event loop each time a client is made."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class PagerDutyClient:
     """Async client for PagerDuty's REST API v2 and Events API v2 for one connection."""
 
@@ -198,6 +208,7 @@ class PagerDutyClient:
             register_secret(connection.secret)
         self._http = httpx.AsyncClient(
             transport=transport,
+            verify=tls_context(),
             timeout=self.settings.timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,

@@ -19,6 +19,7 @@ from component.context import StepContext
 from component.crypto import SecretBox
 from component.errors import ComponentError, ConfigurationError
 from component.flows import Flow, run_flow
+from component.intake import ExecutionWriter, IntakeCache
 from component.manifest import Manifest
 from component.redact import get_logger, redact
 from component.requester import run_step
@@ -28,7 +29,6 @@ from component.store import (
     ExecutionRow,
     InstanceRow,
     Store,
-    SubscriptionRow,
     now,
     select,
 )
@@ -60,6 +60,10 @@ class Engine:
             lambda: asyncio.Semaphore(settings.flow_concurrency)
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.intake = IntakeCache(store, self.box)
+        self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
+        self._retired: list[PagerDutyClient] = []
+        self.writer = ExecutionWriter(store)
 
     def webhook_url(self, instance_id: str, flow_name: str) -> str:
         """The public URL PagerDuty delivers a flow's webhooks to."""
@@ -79,18 +83,23 @@ class Engine:
             region=row.config.get("region") or "us",
         )
 
-    async def signing_secrets(self, instance_id: str, flow: str) -> list[str]:
-        """The webhook signing secrets held for one flow (several while rotating)."""
-        async with self.store.session() as db:
-            query = select(SubscriptionRow.secret).where(
-                SubscriptionRow.instance_id == instance_id, SubscriptionRow.flow == flow
-            )
-            sealed = (await db.execute(query)).scalars().all()
-        return [self.box.open(s).get("secret", "") for s in sealed]
-
     def client(self, config: ConnectionConfig | None) -> PagerDutyClient:
-        """A PagerDuty client for ``config`` (tests inject the transport)."""
+        """A new PagerDuty client for ``config`` (tests inject the transport)."""
         return PagerDutyClient(config, self.client_settings, transport=self.transport)
+
+    def client_for(self, connection: ConnectionRow | None) -> PagerDutyClient:
+        """The shared client of a stored connection, so its steps share one request
+        budget and kept-alive connections; a new one after the connection changes."""
+        key = connection.id if connection else ""
+        version = (connection.secrets, repr(connection.config)) if connection else ("", "")
+        cached = self._clients.get(key)
+        if cached and cached[0] == version:
+            return cached[1]
+        if cached:
+            self._retired.append(cached[1])  # may still serve a running step
+        client = self.client(self.connection_config(connection) if connection else None)
+        self._clients[key] = (version, client)
+        return client
 
     async def run_action(
         self,
@@ -100,10 +109,10 @@ class Engine:
         urls: dict[str, str],
     ) -> dict[str, Any]:
         """Run one action or data source with a stored connection (test runs, flows)."""
-        config = self.connection_config(connection) if connection else None
-        async with self.client(config) as client:
-            ctx = StepContext(manifest=self.manifest, client=client, webhook_urls=urls)
-            return await run_step(ctx, key, inputs)
+        ctx = StepContext(
+            manifest=self.manifest, client=self.client_for(connection), webhook_urls=urls
+        )
+        return await run_step(ctx, key, inputs)
 
     def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
         """Run an execution in the background."""
@@ -148,8 +157,7 @@ class Engine:
                 if instance and instance.connection_id
                 else None
             )
-            execution.status, execution.started_at = "running", now()
-            await db.commit()
+        await self.writer.update(execution_id, {"status": "running", "started_at": now()})
         flow_data = next(
             (f for f in (instance.flows if instance else []) if f["name"] == execution.flow), None
         )
@@ -161,18 +169,17 @@ class Engine:
         flow = Flow.model_validate(flow_data)
         urls = {f["name"]: self.webhook_url(instance.id, f["name"]) for f in instance.flows}
         try:
-            config = self.connection_config(connection) if connection else None
+            client = self.client_for(connection)
         except ComponentError as exc:
             await self._finish(execution_id, "failed", error=str(exc))
             return
-        async with self.client(config) as client:
-            ctx = StepContext(manifest=self.manifest, client=client, webhook_urls=urls)
-            status, records = await run_flow(
-                flow,
-                self.manifest,
-                execution.trigger or {},
-                lambda key, inputs: run_step(ctx, key, inputs),
-            )
+        ctx = StepContext(manifest=self.manifest, client=client, webhook_urls=urls)
+        status, records = await run_flow(
+            flow,
+            self.manifest,
+            execution.trigger or {},
+            lambda key, inputs: run_step(ctx, key, inputs),
+        )
         await self._finish(execution_id, status, steps=records)
 
     async def _finish(
@@ -183,18 +190,13 @@ class Engine:
         steps: list[dict[str, Any]] | None = None,
         error: str | None = None,
     ) -> None:
-        async with self.store.session() as db:
-            execution = await db.get(ExecutionRow, execution_id)
-            if execution is None:
-                return
-            execution.status = status
-            execution.finished_at = now()
-            if steps is not None:
-                execution.steps = steps
-                failed = next((s for s in steps if s.get("status") == "failed"), None)
-                error = error or (failed or {}).get("error")
-            execution.error = error
-            await db.commit()
+        values: dict[str, Any] = {"status": status, "finished_at": now()}
+        if steps is not None:
+            values["steps"] = steps
+            failed = next((s for s in steps if s.get("status") == "failed"), None)
+            error = error or (failed or {}).get("error")
+        values["error"] = error
+        await self.writer.update(execution_id, values)
 
     async def drain(self) -> None:
         """Wait for the executions running now (tests, graceful shutdown)."""
@@ -206,3 +208,6 @@ class Engine:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.writer.close()
+        for client in [*(c for _, c in self._clients.values()), *self._retired]:
+            await client.aclose()

@@ -14,7 +14,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy import select as _select
 from sqlalchemy.engine import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -109,17 +119,32 @@ def _upgrade(connection: SyncConnection) -> None:
     command.upgrade(config, "head")
 
 
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection SQLite settings: WAL journal, durable commits, a busy timeout."""
+    # WAL lets readers work while a writer commits and makes each commit cheaper;
+    # synchronous=FULL keeps every commit durable (a 202 promises the record).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
 class Store:
     """The database: an async engine, sessions, and migrations."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        self.is_sqlite = url.startswith("sqlite")
+        # A pre-ping is a round trip per checkout; a local SQLite file never goes away.
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
         """Create or upgrade the schema to the newest Alembic revision."""
-        if self.url.startswith("sqlite"):
+        if self.is_sqlite:
             database = self.url.split("///", 1)[-1]
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,11 @@ def available() -> bool:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a server on 127.0.0.1 and yield an asyncpg SQLAlchemy URL to a fresh database."""
+def postgres_server(*, fsync: bool = False) -> Iterator[str]:
+    """Start a server on 127.0.0.1 and yield an asyncpg SQLAlchemy URL to a fresh database.
+
+    Tests run it with ``fsync=off`` for speed; benchmarks ask for durable commits.
+    """
     initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
     assert initdb and pg_ctl, "PostgreSQL binaries not found"
     root = Path(tempfile.mkdtemp(prefix="pdc-pg-"))
@@ -54,7 +57,8 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(args, check=True, capture_output=True, user=user, timeout=120)
 
     run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    durability = "on" if fsync else "off"
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync={durability}"
     run(pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
     try:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.config import Config
@@ -13,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from component.crypto import SecretBox
 from component.errors import ConfigurationError
+from component.intake import ExecutionWriter
 from component.settings import load_settings
-from component.store import MIGRATIONS, ConnectionRow, ExecutionRow, Store, select
+from component.store import MIGRATIONS, ConnectionRow, ExecutionRow, Store, new_id, now, select
 
 
 def test_development_secrets_are_generated_private(tmp_path: Path) -> None:
@@ -89,3 +92,43 @@ async def test_one_execution_per_webhook_id(store: Store) -> None:
         await db.commit()
         count = len((await db.execute(select(ExecutionRow))).scalars().all())
     assert count == 2
+
+
+async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> None:
+    writer = ExecutionWriter(store)
+
+    def row(webhook_id: str | None) -> dict[str, Any]:
+        received = now()
+        return {
+            "id": new_id(),
+            "instance_id": "acme",
+            "flow": "on-incident",
+            "webhook_id": webhook_id,
+            "status": "received",
+            "reason": None,
+            "received_body": "{}",
+            "headers": {"x-webhook-id": webhook_id},
+            "response_status": 202,
+            "trigger": {"event": {"event_type": "incident.triggered"}},
+            "steps": [],
+            "error": None,
+            "received_at": received,
+            "started_at": None,
+            "finished_at": None,
+        }
+
+    first, again, other, untagged = row("wh-1"), row("wh-1"), row("wh-2"), row(None)
+    # Queued together, so they are written in one batch: the repeat inside it is refused.
+    results = await asyncio.gather(*(writer.record(r) for r in (first, again, other, untagged)))
+    assert results == [True, False, True, True]
+    assert await writer.record(row("wh-2")) is False  # a later batch sees the stored one
+    await writer.update(first["id"], {"status": "succeeded", "steps": [{"name": "a"}]})
+    await writer.close()
+    async with store.session() as db:
+        rows = (await db.execute(select(ExecutionRow))).scalars().all()
+        stored = {r.id: r for r in rows}
+    assert set(stored) == {first["id"], other["id"], untagged["id"]}
+    assert stored[first["id"]].status == "succeeded"
+    assert stored[first["id"]].steps == [{"name": "a"}]
+    assert stored[first["id"]].trigger == {"event": {"event_type": "incident.triggered"}}
+    assert stored[other["id"]].received_at is not None

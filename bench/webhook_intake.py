@@ -1,0 +1,323 @@
+"""Benchmark: signed webhook intake under uvicorn against a bare Starlette endpoint.
+
+Both servers are started the same way (uvicorn, one process, no access log) on
+127.0.0.1 in the same run. The runtime deploys an instance against a local
+PagerDuty stand-in, so its deliveries carry real ``X-PagerDuty-Signature``
+headers under the secret that deploy received. Two measurements:
+
+* throughput: ``wrk`` (one thread, 32 connections, unique ``X-Webhook-Id`` per
+  request) posting ``incident.triggered`` to the runtime's intake flow (verify +
+  record + 202; the flow selects another event, so no steps run) and to the bare
+  endpoint, interleaved; requests per second and their ratio (target >= 0.5);
+* latency: an open-loop generator at a fixed 200 requests per second, timing
+  each answer from its scheduled send time; p50 and p99 (target p99 < 100 ms),
+  for the same intake path, and, for information, for a flow that also runs its
+  step (``getIncident`` against the local stand-in) for every delivery.
+
+The stand-in PagerDuty runs in its own process so that it does not compete with
+the load generator for this process's interpreter.
+
+Needs ``wrk`` (Debian: ``apt-get install wrk``). Run from the repository root:
+``python -m bench.webhook_intake``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+from cryptography.fernet import Fernet
+
+from bench.local_pagerduty import serve
+from triggers.signature import sign
+
+ADMIN = "bench-admin-token"
+EVENT = {
+    "event": {
+        "id": "01DEN0M0L0OCDNR0CDEVP4SRGH",
+        "event_type": "incident.triggered",
+        "resource_type": "incident",
+        "occurred_at": "2026-11-24T10:30:00.000Z",
+        "agent": None,
+        "client": None,
+        "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
+    }
+}
+LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+local counter = 0
+request = function()
+  counter = counter + 1
+  local headers = {{
+    ["Content-Type"] = "application/json",
+    ["X-PagerDuty-Signature"] = "{signature}",
+    ["X-Webhook-Id"] = "{prefix}-" .. counter,
+  }}
+  return wrk.format(nil, nil, headers, nil)
+end
+"""
+
+
+def _flow(name: str, events: list[str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "trigger": {
+            "type": "incidentsTrigger",
+            "inputs": {
+                "events": events,
+                "webhookDescription": "bench",
+                "filterType": "account_reference",
+            },
+        },
+        "steps": [
+            {
+                "name": "incident",
+                "action": "getIncident",
+                "inputs": {"id": "{{ trigger.event.data.id }}"},
+            }
+        ],
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(kind: str, port: int) -> None:
+    """Child process: run the runtime or the bare endpoint under uvicorn."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    if kind == "runtime":
+        from component.app import create_app
+        from component.settings import load_settings
+
+        app = create_app(load_settings())
+    else:
+
+        async def accept(request: Request) -> JSONResponse:
+            await request.body()
+            return JSONResponse({"status": "received"}, status_code=202)
+
+        app = Starlette(routes=[Route("/webhooks/{instance}/{flow}", accept, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "bench.webhook_intake", "--serve", kind, "--port", str(port)]
+    process = subprocess.Popen(command, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"{base}/webhooks/none/none", content=b"{}", timeout=1)
+            return process, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"the {kind} server did not start")
+
+
+def _wrk(url: str, body: bytes, signature: str, seconds: int, connections: int) -> float:
+    script = LUA.format(
+        body=json.dumps(body.decode()), signature=signature, prefix=uuid.uuid4().hex
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", handle.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(handle.name)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"{errors.group(1)} requests to {url} were refused:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+async def _fixed_rate(
+    url: str, body: bytes, signature: str, rate: int = 200, seconds: int = 10
+) -> list[float]:
+    """Seconds from each request's scheduled time to its answer, at ``rate`` per second."""
+    latencies: list[float] = []
+    # Shorter than uvicorn's 5 s keep-alive, so no request races a server-side close.
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def one(n: int, due: float) -> None:
+            headers = {
+                "Content-Type": "application/json",
+                "X-PagerDuty-Signature": signature,
+                "X-Webhook-Id": f"rate-{uuid.uuid4().hex}-{n}",
+            }
+            answer = await client.post(url, content=body, headers=headers)
+            latencies.append(time.perf_counter() - due)
+            if answer.status_code != 202:
+                raise SystemExit(f"{url} answered {answer.status_code}: {answer.text}")
+
+        start = time.perf_counter() + 0.1
+        tasks = []
+        for n in range(rate * seconds):
+            due = start + n / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(n, due)))
+        await asyncio.gather(*tasks)
+    return latencies
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    """Start both servers, deploy, measure, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--serve", choices=["runtime", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved wrk runs per server")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the runtime's store (PostgreSQL is started from the machine's binaries)",
+    )
+    args = parser.parse_args()
+    if args.serve:
+        _serve(args.serve, args.port)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed for the throughput half: apt-get install wrk")
+
+    ports: Any = multiprocessing.Queue()
+    pagerduty = multiprocessing.Process(target=serve, args=(ports, 0, 0.0), daemon=True)
+    pagerduty.start()
+    pagerduty_url = f"http://127.0.0.1:{ports.get(timeout=30)}"
+    with ExitStack() as stack:
+        stack.callback(pagerduty.terminate)
+        data = stack.enter_context(tempfile.TemporaryDirectory())
+        env = {
+            **os.environ,
+            "PDC_DATA_DIR": data,
+            "PDC_ADMIN_TOKEN": ADMIN,
+            "PDC_SECRET_KEY": Fernet.generate_key().decode(),
+            "PAGERDUTY_API_URL": pagerduty_url,
+            "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
+        }
+        if args.database == "postgresql":
+            from tests.postgres import postgres_server
+
+            env["PDC_DATABASE_URL"] = stack.enter_context(postgres_server(fsync=True))
+        runtime, runtime_base = _start("runtime", {**env, "PDC_PUBLIC_URL": "http://127.0.0.1"})
+        bare, bare_base = _start("bare", env)
+        try:
+            api = httpx.Client(
+                base_url=runtime_base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
+            )
+            api.post(
+                "/api/connections",
+                json={"name": "ops", "type": "pagerduty-api-key", "config": {"apiKey": "u+bench"}},
+            ).raise_for_status()
+            flows = [_flow("intake", ["incident.resolved"]), _flow("full", ["incident.triggered"])]
+            api.post(
+                "/api/instances", json={"name": "bench", "connection": "ops", "flows": flows}
+            ).raise_for_status()
+            held = httpx.get(f"{pagerduty_url}/_bench/secrets").json()
+            secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
+            body = json.dumps(EVENT).encode()
+
+            rates: dict[str, list[float]] = {"runtime": [], "bare": []}
+            for _ in range(args.rounds):
+                rates["bare"].append(
+                    _wrk(
+                        f"{bare_base}/webhooks/bench/intake",
+                        body,
+                        "v1=00",
+                        args.seconds,
+                        args.connections,
+                    )
+                )
+                rates["runtime"].append(
+                    _wrk(
+                        f"{runtime_base}/webhooks/bench/intake",
+                        body,
+                        sign(body, secrets["intake"]),
+                        args.seconds,
+                        args.connections,
+                    )
+                )
+            ours, baseline = statistics.median(rates["runtime"]), statistics.median(rates["bare"])
+
+            runtime_url = f"{runtime_base}/webhooks/bench"
+            latency = {
+                "intake": asyncio.run(
+                    _fixed_rate(f"{runtime_url}/intake", body, sign(body, secrets["intake"]))
+                ),
+                "bare": asyncio.run(
+                    _fixed_rate(f"{bare_base}/webhooks/bench/intake", body, "v1=00")
+                ),
+                "full": asyncio.run(
+                    _fixed_rate(f"{runtime_url}/full", body, sign(body, secrets["full"]))
+                ),
+            }
+            time.sleep(3)
+            done = api.get("/api/executions", params={"flow": "full", "limit": 1000}).json()
+            finished = sum(e["status"] == "succeeded" for e in done)
+        finally:
+            for process in (runtime, bare):
+                process.terminate()
+                process.wait(timeout=30)
+
+    def ms(samples: list[float], q: float) -> str:
+        return f"{_percentile(samples, q):.1f}"
+
+    rows = [
+        ("requests/s (median), record+202", f"{ours:.0f}", f"{baseline:.0f}", ours / baseline),
+        ("p50 ms at 200/s", ms(latency["intake"], 0.5), ms(latency["bare"], 0.5), None),
+        ("p99 ms at 200/s", ms(latency["intake"], 0.99), ms(latency["bare"], 0.99), None),
+        ("p50 ms at 200/s, step running", ms(latency["full"], 0.5), "", None),
+        ("p99 ms at 200/s, step running", ms(latency["full"], 0.99), "", None),
+    ]
+    print(
+        f"webhook intake ({args.database}), wrk: 1 thread, {args.connections} connections, "
+        f"{args.seconds} s x {args.rounds} runs each, interleaved"
+    )
+    print(f"{'':32}{'runtime':>14}{'bare':>14}{'ratio':>8}")
+    for label, left, right, ratio in rows:
+        print(f"{label:32}{left:>14}{right:>14}{'' if ratio is None else f'{ratio:.2f}':>8}")
+    for n, (left, right) in enumerate(zip(rates["runtime"], rates["bare"], strict=True)):
+        print(f"{f'  run {n + 1}':32}{left:>14.0f}{right:>14.0f}{left / right:>8.2f}")
+    print(f"executions of the flow with a step that succeeded: {finished} of {len(done)} listed")
+    print("targets: ratio >= 0.5, p99 < 100 ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Fast, durable webhook intake: cached routing and group commit.
+
+A delivery must be stored before it is answered, but one transaction per
+delivery caps intake at the database's commit rate. ``IntakeWriter`` queues the
+rows of concurrent deliveries and inserts them in one transaction (``INSERT ...
+ON CONFLICT DO NOTHING RETURNING id``, so a redelivery is recognised by its
+``X-Webhook-Id`` without failing the batch); each caller is answered only when
+its row is committed. ``IntakeCache`` keeps what intake needs to route and
+verify a delivery (the instance's flows, whether it is enabled, the signing
+secrets) for a few seconds; this process drops an entry whenever it changes the
+instance, and the expiry bounds staleness when another process changed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+
+from component.redact import get_logger
+from component.store import (
+    ExecutionRow,
+    InstanceRow,
+    Store,
+    SubscriptionRow,
+    select,
+    sqlite_pragmas,
+)
+
+if TYPE_CHECKING:
+    from component.crypto import SecretBox
+
+log = get_logger("intake")
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class IntakeTarget:
+    """What intake needs of an instance: its flows, state and signing secrets per flow."""
+
+    instance_id: str
+    enabled: bool
+    flows: dict[str, dict[str, Any]]
+    secrets: dict[str, list[str]]
+
+
+class IntakeCache:
+    """Short-lived, explicitly invalidated cache of ``IntakeTarget`` by instance id."""
+
+    def __init__(self, store: Store, box: SecretBox, ttl: float = 2.0) -> None:
+        self.store, self.box, self.ttl = store, box, ttl
+        self._entries: dict[str, tuple[float, IntakeTarget | None]] = {}
+
+    def forget(self, instance_id: str) -> None:
+        """Drop an instance after this process changed it."""
+        self._entries.pop(instance_id, None)
+
+    async def get(self, instance_id: str) -> IntakeTarget | None:
+        """The instance's intake view, or ``None`` if there is no such instance."""
+        cached = self._entries.get(instance_id)
+        if cached and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        target = await self._load(instance_id)
+        self._entries[instance_id] = (time.monotonic(), target)
+        return target
+
+    async def _load(self, instance_id: str) -> IntakeTarget | None:
+        async with self.store.session() as db:
+            instance = await db.get(InstanceRow, instance_id)
+            if instance is None:
+                return None
+            query = select(SubscriptionRow.flow, SubscriptionRow.secret).where(
+                SubscriptionRow.instance_id == instance_id
+            )
+            sealed = (await db.execute(query)).all()
+        secrets: dict[str, list[str]] = {}
+        for flow, token in sealed:
+            secrets.setdefault(flow, []).append(self.box.open(token).get("secret", ""))
+        return IntakeTarget(
+            instance_id=instance.id,
+            enabled=instance.enabled,
+            flows={f["name"]: f for f in instance.flows},
+            secrets=secrets,
+        )
+
+
+Insert = dict[str, Any]
+Update = tuple[str, dict[str, Any]]
+
+
+class _SqliteBatches:
+    """Writes a batch on a plain sqlite3 connection in a worker thread.
+
+    Values are converted by SQLAlchemy's own bind processors on the event loop; the
+    thread only runs statements in C: find which webhook ids are already recorded,
+    insert the rest in one multi-row ``INSERT``, apply updates, commit. Each time
+    a worker thread comes back from C it must win the GIL from the busy event loop,
+    so it comes back as few times as it can (``RETURNING`` would cost one per row).
+    Being the only writer of executions, it never waits in SQLite's busy handler.
+    """
+
+    def __init__(self, path: str) -> None:
+        table = ExecutionRow.__table__
+        dialect = sqlite.dialect()
+        self._table = table.name
+        self._processors = {c.name: c.type.bind_processor(dialect) for c in table.columns}
+        columns = ", ".join(self._processors)
+        self._insert = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES "
+        self._one = "(" + ", ".join("?" * len(self._processors)) + ")"
+        self._seen = (
+            f"SELECT instance_id, webhook_id FROM {table.name} "
+            "WHERE (instance_id, webhook_id) IN (VALUES "
+        )
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        sqlite_pragmas(self._connection, None)
+
+    def _convert(self, name: str, value: Any) -> Any:
+        convert = self._processors[name]
+        return convert(value) if convert else value
+
+    def prepare(self, inserts: list[Insert], updates: list[Update]) -> Any:
+        """Converted values for the thread (runs on the event loop)."""
+        rows = [
+            (
+                row["id"],
+                row["webhook_id"] and (row["instance_id"], row["webhook_id"]),
+                [self._convert(name, row[name]) for name in self._processors],
+            )
+            for row in inserts
+        ]
+        changes = [
+            (
+                f"UPDATE {self._table} SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
+                [*(self._convert(k, v) for k, v in values.items()), row_id],
+            )
+            for row_id, values in updates
+        ]
+        return rows, changes
+
+    def write(self, prepared: Any) -> set[str]:
+        """Apply a prepared batch in one transaction (worker thread); the ids inserted."""
+        rows, changes = prepared
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            keys = [key for _, key, _ in rows if key]
+            seen: set[tuple[str, str]] = set()
+            if keys:
+                query = self._seen + ", ".join(["(?, ?)"] * len(keys)) + ")"
+                flat = [part for key in keys for part in key]
+                seen = set(connection.execute(query, flat).fetchall())
+            inserted: set[str] = set()
+            params: list[Any] = []
+            for row_id, key, values in rows:
+                if key is None or key not in seen:
+                    if key:
+                        seen.add(key)  # a repeat inside this batch is a redelivery too
+                    inserted.add(row_id)
+                    params.extend(values)
+            if inserted:
+                statement = self._insert + ", ".join([self._one] * len(inserted))
+                connection.execute(statement, params)
+            for statement, values in changes:
+                connection.execute(statement, values)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._connection.close()
+
+
+class ExecutionWriter:
+    """Writes executions in batches: inserts (deduplicated) and status updates.
+
+    ``record`` and ``update`` return once their change is committed. On SQLite this
+    is the only writer of the executions table, so concurrent flows never make
+    intake wait for the database's write lock.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        Item = tuple[Insert | Update, asyncio.Future[bool]]
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        table = ExecutionRow.__table__
+        insert = sqlite.insert if store.is_sqlite else postgresql.insert
+        self._statement = (
+            insert(table)
+            .on_conflict_do_nothing(index_elements=["instance_id", "webhook_id"])
+            .returning(table.c.id)
+        )
+        path = store.url.split("///", 1)[-1] if store.is_sqlite else ""
+        self._sqlite = _SqliteBatches(path) if path and path != ":memory:" else None
+
+    async def _submit(self, item: Insert | Update) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, done))
+        return await done
+
+    async def record(self, values: Insert) -> bool:
+        """Store one execution row; ``False`` if its webhook id was already recorded."""
+        return await self._submit(values)
+
+    async def update(self, execution_id: str, values: dict[str, Any]) -> None:
+        """Change columns of one execution."""
+        await self._submit((execution_id, values))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            inserts = [item for item, _ in batch if isinstance(item, dict)]
+            updates = [item for item, _ in batch if isinstance(item, tuple)]
+            try:
+                inserted = await self._write(inserts, updates)
+            except Exception as exc:  # every waiting caller learns it was not stored
+                log.exception("could not write %d execution changes", len(batch))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for item, done in batch:
+                if not done.done():
+                    done.set_result(not isinstance(item, dict) or item["id"] in inserted)
+
+    async def _write(self, inserts: list[Insert], updates: list[Update]) -> set[str]:
+        if self._sqlite is not None:
+            prepared = self._sqlite.prepare(inserts, updates)
+            return await asyncio.to_thread(self._sqlite.write, prepared)
+        table = ExecutionRow.__table__
+        async with self.store.engine.begin() as connection:
+            inserted: set[str] = set()
+            if inserts:
+                result = await connection.execute(self._statement, inserts)
+                inserted = {row[0] for row in result}
+            for row_id, values in updates:
+                await connection.execute(table.update().where(table.c.id == row_id).values(values))
+            return inserted
+
+    async def close(self) -> None:
+        """Stop the writer task (pending callers have already been answered or failed)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._sqlite is not None:
+            self._sqlite.close()
