@@ -231,6 +231,7 @@ def main() -> None:
             "PDC_SECRET_KEY": Fernet.generate_key().decode(),
             "PAGERDUTY_API_URL": pagerduty_url,
             "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
+            "PDC_FLOW_CONCURRENCY": "32",
         }
         if args.database == "postgresql":
             from tests.postgres import postgres_server

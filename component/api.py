@@ -24,7 +24,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from component.deploy import deploy_triggers, require_connection, teardown_triggers, undo_deploy
-from component.engine import Engine
+from component.engine import Engine, Known
 from component.errors import (
     ComponentError,
     ConfigurationError,
@@ -299,6 +299,7 @@ async def update_connection(request: Request) -> JSONResponse:
         assert stored is not None
         stored.config, stored.secrets, stored.updated_at = plain, candidate.secrets, now()
         await db.commit()
+        engine.intake.clear()
         return JSONResponse(connection_view(engine, stored))
 
 
@@ -645,7 +646,8 @@ async def _record(
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
     if reason is None:
-        engine.submit(row["id"], target.instance_id, flow["name"])
+        known = Known(output, flow["name"], target.instance_id, target.flows, target.connection)
+        engine.submit(row["id"], target.instance_id, flow["name"], known)
     return JSONResponse({"execution": row["id"], "status": status}, status_code=202)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -35,6 +36,19 @@ from component.store import (
 from connections import ConnectionConfig
 
 log = get_logger("engine")
+
+
+@dataclass(frozen=True)
+class Known:
+    """What running an execution needs: its trigger output, flow, and instance."""
+
+    trigger: dict[str, Any]
+    flow: str
+    instance_id: str
+    flows: dict[str, dict[str, Any]]
+    connection: ConnectionRow | None
+
+
 UNFINISHED = ("received", "running")
 
 
@@ -114,16 +128,21 @@ class Engine:
         )
         return await run_step(ctx, key, inputs)
 
-    def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
-        """Run an execution in the background."""
-        task = asyncio.create_task(self._guarded(execution_id, instance_id, flow))
+    def submit(
+        self, execution_id: str, instance_id: str, flow: str, known: Known | None = None
+    ) -> None:
+        """Run an execution in the background; ``known`` spares reading back what intake
+        just recorded (the trigger output, the instance and its connection)."""
+        task = asyncio.create_task(self._guarded(execution_id, instance_id, flow, known))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(self, execution_id: str, instance_id: str, flow: str) -> None:
+    async def _guarded(
+        self, execution_id: str, instance_id: str, flow: str, known: Known | None
+    ) -> None:
         async with self._limits[(instance_id, flow)]:
             try:
-                await self.execute(execution_id)
+                await self.execute(execution_id, known)
             except Exception as exc:  # an engine bug must not kill the worker
                 log.exception("execution %s crashed", execution_id)
                 await self._finish(execution_id, "failed", error=redact(repr(exc)))
@@ -145,29 +164,38 @@ class Engine:
             log.info("resuming %d unfinished executions", len(pending))
         return len(pending)
 
-    async def execute(self, execution_id: str) -> None:
-        """Run the flow of one recorded execution and store every step's record."""
+    async def _recall(self, execution_id: str) -> Known | None:
+        """What an execution needs, read from the store (resumed executions)."""
         async with self.store.session() as db:
             execution = await db.get(ExecutionRow, execution_id)
             if execution is None or execution.status not in UNFINISHED:
-                return
+                return None
             instance = await db.get(InstanceRow, execution.instance_id)
             connection = (
                 await db.get(ConnectionRow, instance.connection_id)
                 if instance and instance.connection_id
                 else None
             )
-        await self.writer.update(execution_id, {"status": "running", "started_at": now()})
-        flow_data = next(
-            (f for f in (instance.flows if instance else []) if f["name"] == execution.flow), None
+        flows = {f["name"]: f for f in instance.flows} if instance else {}
+        return Known(
+            execution.trigger or {}, execution.flow, execution.instance_id, flows, connection
         )
-        if instance is None or flow_data is None:
+
+    async def execute(self, execution_id: str, known: Known | None = None) -> None:
+        """Run the flow of one recorded execution and store every step's record."""
+        known = known or await self._recall(execution_id)
+        if known is None:
+            return
+        await self.writer.update(execution_id, {"status": "running", "started_at": now()})
+        flow_data = known.flows.get(known.flow)
+        if flow_data is None:
             await self._finish(
                 execution_id, "failed", error="the instance or flow no longer exists"
             )
             return
         flow = Flow.model_validate(flow_data)
-        urls = {f["name"]: self.webhook_url(instance.id, f["name"]) for f in instance.flows}
+        urls = {name: self.webhook_url(known.instance_id, name) for name in known.flows}
+        connection = known.connection
         try:
             client = self.client_for(connection)
         except ComponentError as exc:
@@ -177,7 +205,7 @@ class Engine:
         status, records = await run_flow(
             flow,
             self.manifest,
-            execution.trigger or {},
+            known.trigger,
             lambda key, inputs: run_step(ctx, key, inputs),
         )
         await self._finish(execution_id, status, steps=records)

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from component.redact import get_logger
 from component.store import (
+    ConnectionRow,
     ExecutionRow,
     InstanceRow,
     Store,
@@ -46,6 +47,7 @@ class IntakeTarget:
     enabled: bool
     flows: dict[str, dict[str, Any]]
     secrets: dict[str, list[str]]
+    connection: ConnectionRow | None
 
 
 class IntakeCache:
@@ -58,6 +60,10 @@ class IntakeCache:
     def forget(self, instance_id: str) -> None:
         """Drop an instance after this process changed it."""
         self._entries.pop(instance_id, None)
+
+    def clear(self) -> None:
+        """Drop every entry (a connection changed; several instances may use it)."""
+        self._entries.clear()
 
     async def get(self, instance_id: str) -> IntakeTarget | None:
         """The instance's intake view, or ``None`` if there is no such instance."""
@@ -77,6 +83,11 @@ class IntakeCache:
                 SubscriptionRow.instance_id == instance_id
             )
             sealed = (await db.execute(query)).all()
+            connection = (
+                await db.get(ConnectionRow, instance.connection_id)
+                if instance.connection_id
+                else None
+            )
         secrets: dict[str, list[str]] = {}
         for flow, token in sealed:
             secrets.setdefault(flow, []).append(self.box.open(token).get("secret", ""))
@@ -85,6 +96,7 @@ class IntakeCache:
             enabled=instance.enabled,
             flows={f["name"]: f for f in instance.flows},
             secrets=secrets,
+            connection=connection,
         )
 
 
@@ -190,6 +202,7 @@ class ExecutionWriter:
         Item = tuple[Insert | Update, asyncio.Future[bool]]
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[set[str]] | None = None
         table = ExecutionRow.__table__
         insert = sqlite.insert if store.is_sqlite else postgresql.insert
         self._statement = (
@@ -237,7 +250,10 @@ class ExecutionWriter:
     async def _write(self, inserts: list[Insert], updates: list[Update]) -> set[str]:
         if self._sqlite is not None:
             prepared = self._sqlite.prepare(inserts, updates)
-            return await asyncio.to_thread(self._sqlite.write, prepared)
+            # Shielded: a cancelled caller must not let ``close`` shut the connection
+            # while the thread is still writing on it.
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._sqlite.write, prepared))
+            return await asyncio.shield(self._inflight)
         table = ExecutionRow.__table__
         async with self.store.engine.begin() as connection:
             inserted: set[str] = set()
@@ -253,5 +269,7 @@ class ExecutionWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._inflight is not None:
+            await asyncio.gather(self._inflight, return_exceptions=True)
         if self._sqlite is not None:
             self._sqlite.close()
