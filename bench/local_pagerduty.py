@@ -44,8 +44,10 @@ class LocalPagerDuty(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(
+        self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0, port: int = 0
+    ) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.incidents = [incident(n) for n in range(count)]
         self.delay = delay
         self.first_get_delay = first_get_delay
@@ -131,7 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not any(m == "GET" and p.startswith("/incidents/") for m, p in earlier):
                 time.sleep(self.server.first_get_delay)
             incident_id = parts.path.rsplit("/", 1)[-1]
-            return self._send(200, {"incident": {"id": incident_id, "title": "Server is on fire"}})
+            incident = {"id": incident_id, "title": "Server is on fire", "urgency": "high"}
+            return self._send(200, {"incident": incident})
         return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
 
     def do_POST(self) -> None:
@@ -179,3 +182,20 @@ def serve(port_queue: Any, count: int, delay: float) -> None:
     server = LocalPagerDuty(count=count, delay=delay)
     port_queue.put(server.server_address[1])
     server.serve_forever()
+
+
+def main() -> None:
+    """Serve a stand-in PagerDuty on a fixed port for trying the runtime by hand."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9999)
+    parser.add_argument("--incidents", type=int, default=25)
+    args = parser.parse_args()
+    server = LocalPagerDuty(count=args.incidents, port=args.port)
+    print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
