@@ -23,7 +23,13 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from component.deploy import deploy_triggers, require_connection, teardown_triggers, undo_deploy
+from component.deploy import (
+    deploy_triggers,
+    require_connection,
+    subscribed_flows,
+    teardown_triggers,
+    undo_deploy,
+)
 from component.engine import Engine, Known
 from component.errors import (
     ComponentError,
@@ -38,6 +44,9 @@ from component.flows import Flow, validate_flow
 from component.inputs import clean_inputs
 from component.intake import IntakeTarget
 from component.manifest import Input, InputType
+from component.oauth import OAUTH_TYPE, check_scopes, consent_url, oauth_status
+from component.oauth import callback as oauth_callback
+from component.oauth import start as oauth_start
 from component.redact import MASK, get_logger, redact
 from component.registry import TRIGGERS
 from component.store import ConnectionRow, ExecutionRow, InstanceRow, new_id, now, select
@@ -177,15 +186,18 @@ class ConnectionIn(BaseModel):
 def connection_view(engine: Engine, row: ConnectionRow) -> dict[str, Any]:
     """A connection as the API shows it: secrets masked, never returned."""
     secret_keys = engine.box.open(row.secrets).keys()
-    return {
+    view = {
         "id": row.id,
         "name": row.name,
         "type": row.type,
-        "config": row.config,
+        "config": {k: v for k, v in row.config.items() if k != "oauth"},
         "secrets": {key: MASK for key in sorted(secret_keys)},
         "createdAt": row.created_at.isoformat(),
         "updatedAt": row.updated_at.isoformat(),
     }
+    if row.type == OAUTH_TYPE:
+        view["oauth"] = {**oauth_status(row), "consentUrl": consent_url(engine, row.id)}
+    return view
 
 
 def split_connection_inputs(
@@ -241,6 +253,8 @@ async def create_connection(request: Request) -> JSONResponse:
     engine = engine_of(request)
     data: ConnectionIn = parse(ConnectionIn, await json_body(request))
     plain, secrets = split_connection_inputs(engine, data.type, data.config)
+    if data.type == OAUTH_TYPE:
+        plain["oauth"] = {"status": "needs_consent", "reason": "consent was never given"}
     row = ConnectionRow(
         name=data.name, type=data.type, config=plain, secrets=engine.box.seal(secrets)
     )
@@ -288,16 +302,34 @@ async def update_connection(request: Request) -> JSONResponse:
     engine = engine_of(request)
     row = await find_connection(engine, request.path_params["ref"])
     body = await json_body(request)
-    merged = {**row.config, **engine.box.open(row.secrets), **(body.get("config") or {})}
+    declared = next(c for c in engine.manifest.connections if c.key == row.type)
+    keys = {i.key for i in declared.inputs}
+    stored_secrets = engine.box.open(row.secrets)
+    merged = {
+        **{k: v for k, v in row.config.items() if k in keys},
+        **{k: v for k, v in stored_secrets.items() if k in keys},
+        **(body.get("config") or {}),
+    }
     plain, secrets = split_connection_inputs(engine, row.type, merged)
+    # Tokens from consent and the consent status are not inputs; they stay as they are.
+    kept = {k: v for k, v in stored_secrets.items() if k not in keys}
+    status = {k: v for k, v in row.config.items() if k == "oauth"}
     candidate = ConnectionRow(
-        id=row.id, name=row.name, type=row.type, config=plain, secrets=engine.box.seal(secrets)
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        config={**plain, **status},
+        secrets=engine.box.seal({**secrets, **kept}),
     )
     await verify_api_key(engine, candidate)
     async with engine.store.session() as db:
         stored = await db.get(ConnectionRow, row.id)
         assert stored is not None
-        stored.config, stored.secrets, stored.updated_at = plain, candidate.secrets, now()
+        stored.config, stored.secrets, stored.updated_at = (
+            candidate.config,
+            candidate.secrets,
+            now(),
+        )
         await db.commit()
         engine.intake.clear()
         return JSONResponse(connection_view(engine, stored))
@@ -363,7 +395,23 @@ async def _validated_instance(engine: Engine, data: InstanceIn) -> tuple[str | N
     warnings = [w for flow in data.flows for w in validate_flow(flow, engine.manifest)]
     if data.connection is None:
         return None, warnings
-    return (await find_connection(engine, data.connection)).id, warnings
+    connection = await find_connection(engine, data.connection)
+    check_scopes(connection, scopes_needed(engine, data.flows))
+    return connection.id, warnings
+
+
+def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
+    """Where each OAuth scope is needed: every step's action and every subscribed trigger."""
+    needs: dict[str, str] = {}
+    for flow in flows:
+        trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
+        if trigger.scope and subscribed_flows([{"trigger": {"type": trigger.key}}]):
+            needs[f"flow '{flow.name}' trigger"] = trigger.scope
+        for step in flow.steps:
+            scope = getattr(engine.manifest.runnable(step.action), "scope", None)
+            if scope:
+                needs[f"flow '{flow.name}' step '{step.name}'"] = scope
+    return needs
 
 
 async def _deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
@@ -722,6 +770,8 @@ ROUTES = [
     # First, because routes are matched in order and deliveries are the hot path.
     Route("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
+    Route("/connections/{id}/oauth/start", oauth_start, methods=["GET"]),
+    Route("/oauth/callback", oauth_callback, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
     Route("/api/component", component_spec, methods=["GET"]),
     Route("/api/connections", create_connection, methods=["POST"]),

@@ -22,6 +22,7 @@ from component.errors import ComponentError, ConfigurationError
 from component.flows import Flow, run_flow
 from component.intake import ExecutionWriter, IntakeCache
 from component.manifest import Manifest
+from component.oauth import OAUTH_TYPE, RefreshingAuth, TokenManager
 from component.redact import get_logger, redact
 from component.requester import run_step
 from component.settings import RuntimeSettings
@@ -75,6 +76,7 @@ class Engine:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.intake = IntakeCache(store, self.box)
+        self.oauth = TokenManager(self)
         self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
         self._retired: list[PagerDutyClient] = []
         self.writer = ExecutionWriter(store)
@@ -86,12 +88,20 @@ class Engine:
     def connection_config(self, row: ConnectionRow) -> ConnectionConfig:
         """The decrypted connection a client is built from."""
         secrets = self.box.open(row.secrets)
-        kind = "apiKey" if row.type == "pagerduty-api-key" else "oauth2"
-        token = secrets.get("apiKey") if kind == "apiKey" else secrets.get("accessToken")
+        if row.type == OAUTH_TYPE:
+            # The token is fetched (and refreshed) per request by the manager.
+            return ConnectionConfig(
+                kind="oauth2",
+                secret=secrets.get("accessToken") or "awaiting-consent",
+                from_email=row.config.get("from"),
+                region=row.config.get("region") or "us",
+                refreshing=RefreshingAuth(self.oauth, row.id),
+            )
+        token = secrets.get("apiKey")
         if not token:
             raise ConfigurationError(f"connection '{row.name}' has no usable token")
         return ConnectionConfig(
-            kind=kind,
+            kind="apiKey",
             secret=token,
             from_email=row.config.get("from"),
             region=row.config.get("region") or "us",

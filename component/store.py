@@ -112,6 +112,17 @@ class SubscriptionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
+class OAuthStateRow(Base):
+    """A started OAuth consent: its ``state``, connection and sealed PKCE verifier."""
+
+    __tablename__ = "oauth_states"
+    state: Mapped[str] = mapped_column(String(100), primary_key=True)
+    connection_id: Mapped[str] = mapped_column(String(64), index=True)
+    verifier: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 def _upgrade(connection: SyncConnection) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))

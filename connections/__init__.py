@@ -51,6 +51,7 @@ class ConnectionConfig:
     secret: str = field(repr=False)
     from_email: str | None = None
     region: Region = "us"
+    refreshing: httpx.Auth | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -60,6 +61,8 @@ class ConnectionConfig:
 
     def auth(self) -> httpx.Auth:
         """The ``httpx.Auth`` that signs REST requests for this connection."""
+        if self.refreshing is not None:
+            return self.refreshing
         return token_auth(self.secret) if self.kind == "apiKey" else bearer_auth(self.secret)
 
     @classmethod

@@ -76,7 +76,7 @@ async def test_migrations_are_idempotent_and_secrets_are_sealed_at_rest(store: S
     assert rows[0][0] == "ops" and "SEKRIT" not in rows[0][1]
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    assert revision == ScriptDirectory.from_config(config).get_current_head() == "0002"
+    assert revision == ScriptDirectory.from_config(config).get_current_head() == "0003"
 
 
 async def test_one_execution_per_webhook_id(store: Store) -> None:
