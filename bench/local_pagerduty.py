@@ -10,6 +10,7 @@ to catch a runtime mid-step), and records the method and path of every request.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bench.fake_subscriptions import FakeSubscriptions
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def incident(n: int) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 import httpx
 from cryptography.fernet import Fernet
 
-from bench.local_pagerduty import serve
+from bench.local_pagerduty import free_port, serve
 from triggers.signature import sign
 
 ADMIN = "bench-admin-token"
@@ -95,12 +94,6 @@ def _flow(name: str, events: list[str]) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _serve(kind: str, port: int) -> None:
     """Child process: run the runtime or the bare endpoint under uvicorn."""
     import uvicorn
@@ -125,7 +118,7 @@ def _serve(kind: str, port: int) -> None:
 
 
 def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "bench.webhook_intake", "--serve", kind, "--port", str(port)]
     process = subprocess.Popen(command, env=env)
     base = f"http://127.0.0.1:{port}"

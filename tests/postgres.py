@@ -10,12 +10,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from bench.local_pagerduty import free_port
 
 
 def _binary(name: str) -> str | None:
@@ -24,12 +25,6 @@ def _binary(name: str) -> str | None:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def available() -> bool:
@@ -51,7 +46,7 @@ def postgres_server(*, fsync: bool = False) -> Iterator[str]:
     if user:
         shutil.chown(root, user)
         root.chmod(0o700)
-    port = _free_port()
+    port = free_port()
 
     def run(*args: str) -> None:
         subprocess.run(args, check=True, capture_output=True, user=user, timeout=120)

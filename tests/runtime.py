@@ -63,7 +63,8 @@ def drain(client: TestClient) -> None:
     client.portal.call(client.app.state.engine.drain)  # type: ignore[union-attr]
 
 
-def make_connection(api: TestClient, key: str = API_KEY) -> dict[str, Any]:
+def make_connection(api: httpx.Client, key: str = API_KEY) -> dict[str, Any]:
+    """Create the API-key connection ``ops`` (a TestClient or a client of a real server)."""
     answer = api.post(
         "/api/connections",
         json={

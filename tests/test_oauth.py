@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ import respx
 import uvicorn
 from cryptography.fernet import Fernet
 
+from bench.local_pagerduty import free_port
 from component.app import create_app
 from component.crypto import SecretBox
 from component.settings import RuntimeSettings, load_settings
@@ -43,12 +43,6 @@ from tests.runtime import ADMIN, AUTH, EVENT, FLOW, INCIDENT
 SERVER_DIR = Path(__file__).parent / "oauth_server"
 CLIENT_ID = "pdc-test-app"
 CLIENT_SECRET = "client-secret-for-tests-4242"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(url: str) -> None:
@@ -166,7 +160,7 @@ def world_factory(node_modules: Path, tmp_path: Path) -> Iterator[Callable[..., 
     routers: list[respx.MockRouter] = []
 
     def make(access_ttl: int = 3600) -> World:
-        runtime_port, issuer_port = _free_port(), _free_port()
+        runtime_port, issuer_port = free_port(), free_port()
         base, issuer = f"http://127.0.0.1:{runtime_port}", f"http://127.0.0.1:{issuer_port}"
         processes.append(
             subprocess.Popen(

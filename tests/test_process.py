@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,12 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from bench.local_pagerduty import LocalPagerDuty, running
-from tests.test_runtime import EVENT, FLOW
+from bench.local_pagerduty import LocalPagerDuty, free_port, running
+from tests.runtime import EVENT, FLOW, make_connection
 from triggers.signature import sign
 
 ADMIN = "process-admin-token-7788"
 API_KEY = "u+PROCESS-key-1234"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
@@ -53,7 +46,7 @@ def pagerduty() -> Iterator[LocalPagerDuty]:
 def test_sigkilled_server_resumes_a_recorded_execution(
     tmp_path: Path, pagerduty: LocalPagerDuty
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -76,15 +69,7 @@ def test_sigkilled_server_resumes_a_recorded_execution(
     server = start()
     try:
         _wait(lambda: api.get("/health").status_code == 200, 30, "the server to start")
-        created = api.post(
-            "/api/connections",
-            json={
-                "name": "ops",
-                "type": "pagerduty-api-key",
-                "config": {"apiKey": API_KEY, "from": "oncall@example.com"},
-            },
-        )
-        assert created.status_code == 201, created.text
+        make_connection(api, API_KEY)
         deployed = api.post(
             "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
         )
