@@ -115,7 +115,10 @@ class Engine:
         """The shared client of a stored connection, so its steps share one request
         budget and kept-alive connections; a new one after the connection changes."""
         key = connection.id if connection else ""
-        version = (connection.secrets, repr(connection.config)) if connection else ("", "")
+        # An OAuth client asks the token manager for every request, so refreshed tokens
+        # (new sealed secrets) must not replace it; an API key is part of the client.
+        sealed = connection.secrets if connection and connection.type != OAUTH_TYPE else ""
+        version = (sealed, repr(connection.config)) if connection else ("", "")
         cached = self._clients.get(key)
         if cached and cached[0] == version:
             return cached[1]
