@@ -14,7 +14,8 @@ instance, and the expiry bounds staleness when another process changed it.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import pickle
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.dialects import postgresql, sqlite
 
 from component.redact import get_logger
+from component.sqlite_writer import frame
 from component.store import (
     ConnectionRow,
     ExecutionRow,
@@ -29,7 +31,6 @@ from component.store import (
     Store,
     SubscriptionRow,
     select,
-    sqlite_pragmas,
 )
 
 if TYPE_CHECKING:
@@ -105,41 +106,31 @@ Update = tuple[str, dict[str, Any]]
 
 
 class _SqliteBatches:
-    """Writes a batch on a plain sqlite3 connection in a worker thread.
+    """Batches for the SQLite writer process (``component/sqlite_writer.py``).
 
-    Values are converted by SQLAlchemy's own bind processors on the event loop; the
-    thread only runs statements in C: find which webhook ids are already recorded,
-    insert the rest in one multi-row ``INSERT``, apply updates, commit. Each time
-    a worker thread comes back from C it must win the GIL from the busy event loop,
-    so it comes back as few times as it can (``RETURNING`` would cost one per row).
-    Being the only writer of executions, it never waits in SQLite's busy handler.
+    Values are converted by SQLAlchemy's own bind processors here, on the event
+    loop; the child only runs the statements. Being the only writer of executions,
+    it never waits in SQLite's busy handler.
     """
 
     def __init__(self, path: str) -> None:
         table = ExecutionRow.__table__
         dialect = sqlite.dialect()
+        self.path = path
         self._table = table.name
         self._processors = {c.name: c.type.bind_processor(dialect) for c in table.columns}
-        columns = ", ".join(self._processors)
-        self._insert = f"INSERT OR IGNORE INTO {table.name} ({columns}) VALUES "
-        self._one = "(" + ", ".join("?" * len(self._processors)) + ")"
-        self._seen = (
-            f"SELECT instance_id, webhook_id FROM {table.name} "
-            "WHERE (instance_id, webhook_id) IN (VALUES "
-        )
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        sqlite_pragmas(self._connection, None)
+        self._process: asyncio.subprocess.Process | None = None
 
     def _convert(self, name: str, value: Any) -> Any:
         convert = self._processors[name]
         return convert(value) if convert else value
 
     def prepare(self, inserts: list[Insert], updates: list[Update]) -> Any:
-        """Converted values for the thread (runs on the event loop)."""
+        """Converted values for the writer (runs on the event loop)."""
         rows = [
             (
                 row["id"],
-                row["webhook_id"] and (row["instance_id"], row["webhook_id"]),
+                (row["instance_id"], row["webhook_id"]) if row["webhook_id"] else None,
                 [self._convert(name, row[name]) for name in self._processors],
             )
             for row in inserts
@@ -153,40 +144,39 @@ class _SqliteBatches:
         ]
         return rows, changes
 
-    def write(self, prepared: Any) -> set[str]:
-        """Apply a prepared batch in one transaction (worker thread); the ids inserted."""
-        rows, changes = prepared
-        connection = self._connection
-        connection.execute("BEGIN IMMEDIATE")
+    async def write(self, prepared: Any) -> set[str]:
+        """Send a batch to the writer process and wait until it is committed."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            process = self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "component.sqlite_writer",
+                self.path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert process.stdin is not None
+            process.stdin.write(frame((self._table, list(self._processors))))
+        assert process.stdin is not None and process.stdout is not None
         try:
-            keys = [key for _, key, _ in rows if key]
-            seen: set[tuple[str, str]] = set()
-            if keys:
-                query = self._seen + ", ".join(["(?, ?)"] * len(keys)) + ")"
-                flat = [part for key in keys for part in key]
-                seen = set(connection.execute(query, flat).fetchall())
-            inserted: set[str] = set()
-            params: list[Any] = []
-            for row_id, key, values in rows:
-                if key is None or key not in seen:
-                    if key:
-                        seen.add(key)  # a repeat inside this batch is a redelivery too
-                    inserted.add(row_id)
-                    params.extend(values)
-            if inserted:
-                statement = self._insert + ", ".join([self._one] * len(inserted))
-                connection.execute(statement, params)
-            for statement, values in changes:
-                connection.execute(statement, values)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return inserted
+            process.stdin.write(frame(prepared))
+            await process.stdin.drain()
+            size = int.from_bytes(await process.stdout.readexactly(4), "big")
+            status, value = pickle.loads(await process.stdout.readexactly(size))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            process.kill()
+            raise RuntimeError("the SQLite writer process stopped; it is restarted") from None
+        if status != "ok":
+            raise RuntimeError(f"the SQLite writer could not commit: {value}")
+        return set(value)
 
-    def close(self) -> None:
-        """Close the connection."""
-        self._connection.close()
+    async def close(self) -> None:
+        """Let the writer process finish and exit."""
+        if self._process is not None and self._process.returncode is None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            await self._process.wait()
 
 
 class ExecutionWriter:
@@ -250,9 +240,8 @@ class ExecutionWriter:
     async def _write(self, inserts: list[Insert], updates: list[Update]) -> set[str]:
         if self._sqlite is not None:
             prepared = self._sqlite.prepare(inserts, updates)
-            # Shielded: a cancelled caller must not let ``close`` shut the connection
-            # while the thread is still writing on it.
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self._sqlite.write, prepared))
+            # Shielded: a cancelled caller must not interrupt a batch half sent or read.
+            self._inflight = asyncio.ensure_future(self._sqlite.write(prepared))
             return await asyncio.shield(self._inflight)
         table = ExecutionRow.__table__
         async with self.store.engine.begin() as connection:
@@ -272,4 +261,4 @@ class ExecutionWriter:
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
         if self._sqlite is not None:
-            self._sqlite.close()
+            await self._sqlite.close()
