@@ -97,6 +97,13 @@ def parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
         raise HTTPException(400, problems) from None
 
 
+async def _listed(engine: Engine, query: Any, view: Any) -> JSONResponse:
+    """Every row ``query`` selects, each shown by ``view(engine, row)``."""
+    async with engine.store.session() as db:
+        rows = (await db.execute(query)).scalars()
+        return JSONResponse([view(engine, r) for r in rows])
+
+
 # --- component specification -----------------------------------------------------
 
 
@@ -274,10 +281,8 @@ async def list_connections(request: Request) -> JSONResponse:
     responses:
       200: {description: connections}
     """
-    engine = engine_of(request)
-    async with engine.store.session() as db:
-        rows = (await db.execute(select(ConnectionRow).order_by(ConnectionRow.name))).scalars()
-        return JSONResponse([connection_view(engine, r) for r in rows])
+    query = select(ConnectionRow).order_by(ConnectionRow.name)
+    return await _listed(engine_of(request), query, connection_view)
 
 
 async def get_connection(request: Request) -> JSONResponse:
@@ -490,10 +495,8 @@ async def list_instances(request: Request) -> JSONResponse:
     responses:
       200: {description: instances}
     """
-    engine = engine_of(request)
-    async with engine.store.session() as db:
-        rows = (await db.execute(select(InstanceRow).order_by(InstanceRow.id))).scalars()
-        return JSONResponse([instance_view(engine, r) for r in rows])
+    query = select(InstanceRow).order_by(InstanceRow.id)
+    return await _listed(engine_of(request), query, instance_view)
 
 
 async def get_instance(request: Request) -> JSONResponse:
