@@ -14,6 +14,8 @@ consent again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import html
 import secrets
 import time
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = get_logger("oauth")
 OAUTH_TYPE = "pagerduty-oauth"
 STATE_TTL = timedelta(minutes=10)
+LINK_TTL = timedelta(days=7)
 OIDC_SCOPES = {"openid", "profile", "email", "offline_access"}
 NO_API_SCOPE = (
     "the token grants no API scope (granted: '{granted}'); PagerDuty grants only 'openid' "
@@ -48,9 +51,33 @@ NO_API_SCOPE = (
 )
 
 
+def _link_signature(engine: Engine, connection_id: str, expires: int) -> str:
+    key = (engine.settings.secret_key or "").encode()
+    message = f"oauth-start:{connection_id}:{expires}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 def consent_url(engine: Engine, connection_id: str) -> str:
-    """Where the person granting consent starts."""
-    return f"{engine.settings.public_url.rstrip('/')}/connections/{connection_id}/oauth/start"
+    """Where the person granting consent starts: a signed link, valid for ``LINK_TTL``.
+
+    The link needs no admin token (the person consenting has none), so it is signed:
+    nobody can start a consent, and so bind the connection to their own PagerDuty
+    account, without a link the runtime handed out.
+    """
+    expires = int(time.time() + LINK_TTL.total_seconds())
+    signature = _link_signature(engine, connection_id, expires)
+    base = engine.settings.public_url.rstrip("/")
+    return f"{base}/connections/{connection_id}/oauth/start?expires={expires}&sig={signature}"
+
+
+def _check_link(engine: Engine, connection_id: str, expires: str, signature: str) -> None:
+    if not expires.isdigit() or not signature:
+        raise HTTPException(403, "this consent link is incomplete: ask for a new one")
+    wanted = _link_signature(engine, connection_id, int(expires))
+    if not hmac.compare_digest(wanted, signature):
+        raise HTTPException(403, "this consent link is not valid: ask for a new one")
+    if int(expires) < time.time():
+        raise HTTPException(403, "this consent link has expired: ask for a new one")
 
 
 def redirect_uri(engine: Engine) -> str:
@@ -91,11 +118,15 @@ async def start(request: Request) -> RedirectResponse:
     summary: Start OAuth consent for a connection (the browser is sent to PagerDuty)
     responses:
       302: {description: to the authorize page, with state and a PKCE challenge}
+      403: {description: the link is not one the runtime signed, or it expired}
       404: {description: no such OAuth connection}
     """
     engine: Engine = request.app.state.engine
+    connection_id = request.path_params["id"]
+    params = request.query_params
+    _check_link(engine, connection_id, params.get("expires", ""), params.get("sig", ""))
     async with engine.store.session() as db:
-        row = await db.get(ConnectionRow, request.path_params["id"])
+        row = await db.get(ConnectionRow, connection_id)
         if row is None or row.type != OAUTH_TYPE:
             raise HTTPException(404, "no OAuth connection with that id")
         verifier = secrets.token_urlsafe(48)

@@ -34,6 +34,7 @@ from cryptography.fernet import Fernet
 from bench.local_pagerduty import free_port
 from component.app import create_app
 from component.crypto import SecretBox
+from component.oauth import _link_signature
 from component.settings import RuntimeSettings, load_settings
 from component.store import ConnectionRow, OAuthStateRow, Store, now, select
 from tests.conftest import REST, mount_subscriptions
@@ -233,7 +234,16 @@ def test_consent_with_pkce_then_steps_and_refresh_with_rotation(
     created = world.connection()
     assert created["oauth"]["status"] == "needs_consent"
     start_url = created["oauth"]["consentUrl"]
-    assert start_url == f"{world.base}/connections/{created['id']}/oauth/start"
+    assert start_url.startswith(f"{world.base}/connections/{created['id']}/oauth/start?expires=")
+    # The link is signed: without it, or with another signature, nothing starts.
+    unsigned = httpx.get(start_url.split("?")[0])
+    forged = httpx.get(start_url.rsplit("sig=", 1)[0] + "sig=" + "0" * 64)
+    assert (unsigned.status_code, forged.status_code) == (403, 403)
+    past = int(time.time()) - 1
+    engine = world.app.state.engine
+    signature = _link_signature(engine, created["id"], past)
+    old = f"{start_url.split('?')[0]}?expires={past}&sig={signature}"
+    assert "expired" in httpx.get(old).json()["error"]["message"]
 
     redirect = httpx.get(start_url)
     assert redirect.status_code == 302
@@ -388,7 +398,7 @@ def test_a_revoked_refresh_token_asks_for_consent_again(world: World) -> None:
     assert failed.status_code == 400
     message = failed.json()["error"]["message"]
     assert "connection 'ops' needs consent again" in message
-    assert created["oauth"]["consentUrl"] in message
+    assert f"{world.base}/connections/{created['id']}/oauth/start?expires=" in message
     shown = world.api.get("/api/connections/ops").json()
     assert shown["oauth"]["status"] == "needs_consent"
     assert "refreshToken" not in shown["secrets"]
