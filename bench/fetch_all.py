@@ -59,6 +59,8 @@ class Meter:
 
 
 def ours(url: str, per_minute: float | None, trace: bool) -> tuple[float, float, int]:
+    """Seconds, peak MiB and item count of our fetch-all against ``url``."""
+
     async def go() -> tuple[float, float, int]:
         settings = ClientSettings(api_url=url, requests_per_minute=per_minute)
         async with PagerDutyClient(ConnectionConfig("apiKey", TOKEN), settings) as client:
@@ -70,6 +72,7 @@ def ours(url: str, per_minute: float | None, trace: bool) -> tuple[float, float,
 
 
 def baseline(url: str, trace: bool) -> tuple[float, float, int]:
+    """Seconds, peak MiB and item count of ``pagerduty``'s ``iter_all`` against ``url``."""
     import pagerduty
 
     client = pagerduty.RestApiV2Client(TOKEN)
@@ -83,6 +86,7 @@ def baseline(url: str, trace: bool) -> tuple[float, float, int]:
 
 
 def scenario(name: str, count: int, delay: float, per_minute: float | None, runs: int) -> dict:
+    """Serve ``count`` incidents from a separate process and measure both sides there."""
     queue: Any = multiprocessing.Queue()
     server = multiprocessing.Process(target=serve, args=(queue, count, delay), daemon=True)
     server.start()

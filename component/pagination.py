@@ -62,6 +62,7 @@ class _Pager:
         self.fetched = 0
 
     async def page(self, offset: int, total: bool = False) -> tuple[list[Any], bool, int | None]:
+        """One page: its items, PagerDuty's ``more`` and, when asked, ``total``."""
         params = [*self.params, ("limit", PAGE_SIZE), ("offset", offset)]
         if total:
             params.append(("total", True))
@@ -81,6 +82,7 @@ class _Pager:
         return items, bool(body.get("more")), reported if isinstance(reported, int) else None
 
     async def run(self) -> PageResult:
+        """Every page: the first with ``total``, the rest concurrently, then ``more``."""
         items, more, total = await self.page(0, total=True)
         self.result.total = total
         pages: list[list[Any]] = [items]
