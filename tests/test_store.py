@@ -94,34 +94,36 @@ async def test_one_execution_per_webhook_id(store: Store) -> None:
     assert count == 2
 
 
+def _row(webhook_id: str | None) -> dict[str, Any]:
+    """An execution row as intake writes it."""
+    received = now()
+    return {
+        "id": new_id(),
+        "instance_id": "acme",
+        "flow": "on-incident",
+        "webhook_id": webhook_id,
+        "status": "received",
+        "reason": None,
+        "received_body": "{}",
+        "headers": {"x-webhook-id": webhook_id},
+        "response_status": 202,
+        "trigger": {"event": {"event_type": "incident.triggered"}},
+        "steps": [],
+        "error": None,
+        "received_at": received,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
 async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> None:
     writer = ExecutionWriter(store)
 
-    def row(webhook_id: str | None) -> dict[str, Any]:
-        received = now()
-        return {
-            "id": new_id(),
-            "instance_id": "acme",
-            "flow": "on-incident",
-            "webhook_id": webhook_id,
-            "status": "received",
-            "reason": None,
-            "received_body": "{}",
-            "headers": {"x-webhook-id": webhook_id},
-            "response_status": 202,
-            "trigger": {"event": {"event_type": "incident.triggered"}},
-            "steps": [],
-            "error": None,
-            "received_at": received,
-            "started_at": None,
-            "finished_at": None,
-        }
-
-    first, again, other, untagged = row("wh-1"), row("wh-1"), row("wh-2"), row(None)
+    first, again, other, untagged = _row("wh-1"), _row("wh-1"), _row("wh-2"), _row(None)
     # Queued together, so they are written in one batch: the repeat inside it is refused.
     results = await asyncio.gather(*(writer.record(r) for r in (first, again, other, untagged)))
     assert results == [True, False, True, True]
-    assert await writer.record(row("wh-2")) is False  # a later batch sees the stored one
+    assert await writer.record(_row("wh-2")) is False  # a later batch sees the stored one
     await writer.update(first["id"], {"status": "succeeded", "steps": [{"name": "a"}]})
     await writer.close()
     async with store.session() as db:
@@ -132,3 +134,19 @@ async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> 
     assert stored[first["id"]].steps == [{"name": "a"}]
     assert stored[first["id"]].trigger == {"event": {"event_type": "incident.triggered"}}
     assert stored[other["id"]].received_at is not None
+
+
+async def test_a_dead_sqlite_writer_process_is_replaced(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
+    await store.migrate()
+    writer = ExecutionWriter(store)
+    assert await writer.record(_row("wh-1")) is True
+    assert writer._sqlite is not None and writer._sqlite._process is not None
+    first = writer._sqlite._process
+    first.kill()
+    await first.wait()
+    assert await writer.record(_row("wh-2")) is True  # a new writer process took over
+    assert writer._sqlite._process.pid != first.pid
+    assert await writer.record(_row("wh-1")) is False  # and sees what the first stored
+    await writer.close()
+    await store.close()
