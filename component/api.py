@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,6 +52,7 @@ from component.registry import TRIGGERS
 from component.store import ConnectionRow, ExecutionRow, InstanceRow, new_id, now, select
 
 log = get_logger("api")
+RowT = TypeVar("RowT")
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization"}
@@ -95,6 +96,14 @@ def parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
             f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
         )
         raise HTTPException(400, problems) from None
+
+
+async def row_or_404(db: AsyncSession, model: type[RowT], key: str, what: str) -> RowT:
+    """The row of ``model`` with primary key ``key``, or a 404 naming what is missing."""
+    row = await db.get(model, key)
+    if row is None:
+        raise HTTPException(404, f"no {what} '{key}'")
+    return row
 
 
 async def _listed(engine: Engine, query: Any, view: Any) -> JSONResponse:
@@ -479,9 +488,7 @@ async def redeploy_instance(request: Request) -> JSONResponse:
     data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
     connection_id, warnings = await _validated_instance(engine, data)
     async with engine.store.session() as db:
-        row = await db.get(InstanceRow, name)
-        if row is None:
-            raise HTTPException(404, f"no instance '{name}'")
+        row = await row_or_404(db, InstanceRow, name, "instance")
         row.enabled, row.connection_id = data.enabled, connection_id
         row.flows = [f.model_dump() for f in data.flows]
         row.config, row.updated_at, row.state = data.config, now(), {"deployed": True}
@@ -508,9 +515,7 @@ async def get_instance(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     async with engine.store.session() as db:
-        row = await db.get(InstanceRow, request.path_params["name"])
-    if row is None:
-        raise HTTPException(404, f"no instance '{request.path_params['name']}'")
+        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
     return JSONResponse(instance_view(engine, row))
 
 
@@ -525,9 +530,7 @@ async def set_enabled(request: Request) -> JSONResponse:
     if action not in ("enable", "disable"):
         raise HTTPException(404, f"unknown instance action '{action}' (enable or disable)")
     async with engine.store.session() as db:
-        row = await db.get(InstanceRow, request.path_params["name"])
-        if row is None:
-            raise HTTPException(404, f"no instance '{request.path_params['name']}'")
+        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
         row.enabled, row.updated_at = action == "enable", now()
         await db.commit()
         engine.intake.forget(row.id)
@@ -544,9 +547,7 @@ async def delete_instance(request: Request) -> Response:
     engine = engine_of(request)
     name = request.path_params["name"]
     async with engine.store.session() as db:
-        row = await db.get(InstanceRow, name)
-        if row is None:
-            raise HTTPException(404, f"no instance '{name}'")
+        row = await row_or_404(db, InstanceRow, name, "instance")
         try:
             await teardown_triggers(engine, db, row)
         except ComponentError as exc:
@@ -628,9 +629,7 @@ async def get_execution(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     async with engine.store.session() as db:
-        row = await db.get(ExecutionRow, request.path_params["id"])
-    if row is None:
-        raise HTTPException(404, f"no execution '{request.path_params['id']}'")
+        row = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
     return JSONResponse(execution_view(row, full=True))
 
 
