@@ -1,14 +1,16 @@
 """Fast, durable webhook intake: cached routing and group commit.
 
 A delivery must be stored before it is answered, but one transaction per
-delivery caps intake at the database's commit rate. ``IntakeWriter`` queues the
-rows of concurrent deliveries and inserts them in one transaction (``INSERT ...
-ON CONFLICT DO NOTHING RETURNING id``, so a redelivery is recognised by its
-``X-Webhook-Id`` without failing the batch); each caller is answered only when
-its row is committed. ``IntakeCache`` keeps what intake needs to route and
-verify a delivery (the instance's flows, whether it is enabled, the signing
-secrets) for a few seconds; this process drops an entry whenever it changes the
-instance, and the expiry bounds staleness when another process changed it.
+delivery caps intake at the database's commit rate. ``ExecutionWriter`` queues
+the rows of concurrent deliveries, and the engine's status updates, and writes
+them in one transaction (on PostgreSQL ``INSERT ... ON CONFLICT DO NOTHING
+RETURNING id``; on SQLite through the writer process, ``sqlite_writer.py``), so a
+redelivery is recognised by its ``X-Webhook-Id`` without failing the batch; each
+caller is answered only when its change is committed. ``IntakeCache`` keeps what
+intake needs to route and verify a delivery (the instance's flows, whether it is
+enabled, the signing secrets) for a few seconds; this process drops an entry
+whenever it changes the instance, and the expiry bounds staleness when another
+process changed it.
 """
 
 from __future__ import annotations
