@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from component.context import StepContext
-from component.errors import InputError
-from component.inputs import CleanedInputs
-from component.redact import register_secret
-from component.registry import action
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.inputs import CleanedInputs
+from pagerduty_connector.component.redact import register_secret
+from pagerduty_connector.component.registry import action
 
 SEVERITIES = ("critical", "error", "warning", "info")
 _BARE_OFFSET = re.compile(r"([+-]\d{2})(\d{2})$")

@@ -12,12 +12,12 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-from component.client import RetryPolicy, decode_json
-from component.context import StepContext
-from component.errors import InputError
-from component.inputs import CleanedInputs
-from component.redact import redact, redact_mapping
-from component.registry import action
+from pagerduty_connector.component.client import RetryPolicy, decode_json
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.inputs import CleanedInputs
+from pagerduty_connector.component.redact import redact, redact_mapping
+from pagerduty_connector.component.registry import action
 
 KEY = "rawRequest"
 

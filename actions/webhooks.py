@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from component.context import StepContext
-from component.errors import InputError
-from component.inputs import CleanedInputs
-from component.registry import action
-from triggers.subscriptions import delete_subscriptions_for_urls
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.inputs import CleanedInputs
+from pagerduty_connector.component.registry import action
+from pagerduty_connector.triggers.subscriptions import delete_subscriptions_for_urls
 
 KEY = "deleteAllInstanceWebhooks"
 

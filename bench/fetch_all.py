@@ -23,10 +23,10 @@ import time
 import tracemalloc
 from typing import Any
 
-from bench.local_pagerduty import serve
-from component.client import ClientSettings, PagerDutyClient
-from component.pagination import fetch_all
-from connections import ConnectionConfig
+from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
+from pagerduty_connector.component.pagination import fetch_all
+from pagerduty_connector.component.standin.server import serve
+from pagerduty_connector.connections import ConnectionConfig
 
 TOKEN = "bench-token"
 

@@ -1,4 +1,4 @@
-"""Benchmark: ``getIncident`` as a runtime step against a bare ``httpx.AsyncClient`` GET.
+"""Benchmark: ``getIncident`` as a runtime step against a bare ``httpx2.AsyncClient`` GET.
 
 Both send ``GET /incidents/{id}`` to the same local server (a separate process
 on 127.0.0.1, answering at once, so our own overhead is not hidden behind
@@ -18,15 +18,14 @@ import statistics
 import time
 from typing import Any
 
-import httpx
-
-from bench.local_pagerduty import serve
-from component.client import ClientSettings, PagerDutyClient
-from component.context import StepContext
-from component.manifest import load_manifest
-from component.registry import check_implementations
-from component.requester import run_step
-from connections import ConnectionConfig
+import httpx2
+from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.manifest import load_manifest
+from pagerduty_connector.component.registry import check_implementations
+from pagerduty_connector.component.requester import run_step
+from pagerduty_connector.component.standin.server import serve
+from pagerduty_connector.connections import ConnectionConfig
 
 CALLS = 2_000
 WARMUP = 200
@@ -53,7 +52,7 @@ async def measure(url: str) -> tuple[list[float], list[float]]:
     }
     async with (
         PagerDutyClient(ConnectionConfig("apiKey", "bench"), settings) as client,
-        httpx.AsyncClient(base_url=url, headers=headers) as bare,
+        httpx2.AsyncClient(base_url=url, headers=headers) as bare,
     ):
         ctx = StepContext(manifest=manifest, client=client)
 
@@ -91,7 +90,7 @@ def main() -> None:
     b99 = statistics.quantiles(base, n=100)[98]
     print(f"{'':28} {'median ms':>10} {'p99 ms':>8}")
     print(f"{'getIncident runtime step':28} {o * 1000:10.3f} {o99 * 1000:8.3f}")
-    print(f"{'bare httpx.AsyncClient GET':28} {b * 1000:10.3f} {b99 * 1000:8.3f}")
+    print(f"{'bare httpx2.AsyncClient GET':28} {b * 1000:10.3f} {b99 * 1000:8.3f}")
     print(f"ratio (median): {o / b:.3f}  target <= 1.10: {'met' if o / b <= 1.10 else 'NOT met'}")
 
 

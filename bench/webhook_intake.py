@@ -39,11 +39,10 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
-import httpx
+import httpx2
 from cryptography.fernet import Fernet
-
-from bench.local_pagerduty import free_port, serve
-from triggers.signature import sign
+from pagerduty_connector.component.standin.server import free_port, serve
+from pagerduty_connector.triggers.signature import sign
 
 ADMIN = "bench-admin-token"
 EVENT = {
@@ -103,8 +102,8 @@ def _serve(kind: str, port: int) -> None:
     from starlette.routing import Route
 
     if kind == "runtime":
-        from component.app import create_app
-        from component.settings import load_settings
+        from pagerduty_connector.runtime.app import create_app
+        from pagerduty_connector.runtime.settings import load_settings
 
         app = create_app(load_settings())
     else:
@@ -125,9 +124,9 @@ def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.post(f"{base}/webhooks/none/none", content=b"{}", timeout=1)
+            httpx2.post(f"{base}/webhooks/none/none", content=b"{}", timeout=1)
             return process, base
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             time.sleep(0.1)
     process.kill()
     raise SystemExit(f"the {kind} server did not start")
@@ -160,8 +159,8 @@ async def _fixed_rate(
     """Seconds from each request's scheduled time to its answer, at ``rate`` per second."""
     latencies: list[float] = []
     # Shorter than uvicorn's 5 s keep-alive, so no request races a server-side close.
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2)
+    async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
 
         async def one(n: int, due: float) -> None:
             headers = {
@@ -227,13 +226,13 @@ def main() -> None:
             "PDC_FLOW_CONCURRENCY": "32",
         }
         if args.database == "postgresql":
-            from tests.postgres import postgres_server
+            from tests.support.postgres import postgres_server
 
             env["PDC_DATABASE_URL"] = stack.enter_context(postgres_server(fsync=True))
         runtime, runtime_base = _start("runtime", {**env, "PDC_PUBLIC_URL": "http://127.0.0.1"})
         bare, bare_base = _start("bare", env)
         try:
-            api = httpx.Client(
+            api = httpx2.Client(
                 base_url=runtime_base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30
             )
             api.post(
@@ -244,7 +243,7 @@ def main() -> None:
             api.post(
                 "/api/instances", json={"name": "bench", "connection": "ops", "flows": flows}
             ).raise_for_status()
-            held = httpx.get(f"{pagerduty_url}/_bench/secrets").json()
+            held = httpx2.get(f"{pagerduty_url}/_bench/secrets").json()
             secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
             body = json.dumps(EVENT).encode()
 

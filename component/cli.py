@@ -9,25 +9,25 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
-
-from component.client import ClientSettings, PagerDutyClient
-from component.context import StepContext
-from component.errors import ComponentError
-from component.manifest import (
-    SCHEMA_PATH,
+from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.errors import ComponentError
+from pagerduty_connector.component.manifest import (
+    SCHEMA_FILE,
     Action,
     DataSource,
     Manifest,
     load_manifest,
+    packaged,
     render_schema,
 )
-from component.redact import redact
-from component.registry import check_implementations
-from component.requester import run_step
-from connections import ConnectionConfig
+from pagerduty_connector.component.redact import redact
+from pagerduty_connector.component.registry import check_implementations
+from pagerduty_connector.component.requester import run_step
+from pagerduty_connector.connections import ConnectionConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
 
 app = typer.Typer(
     help="PagerDuty connector: list, describe and run its actions from a terminal.",
@@ -38,7 +38,7 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line on stderr and return the exit to raise."""
     err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -49,7 +49,7 @@ def _manifest() -> Manifest:
         manifest = load_manifest()
         check_implementations(manifest)
     except ComponentError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return manifest
 
 
@@ -101,7 +101,7 @@ def describe(
     manifest = _manifest()
     item = manifest.find(key)
     if item is None:
-        raise _fail(f"no action, trigger, data source or connection has the key '{key}'")
+        raise fail(f"no action, trigger, data source or connection has the key '{key}'")
     out.print(f"[bold]{item.label}[/bold] ({item.key})")
     out.print(item.description)
     if isinstance(item, Action) and item.request:
@@ -128,8 +128,9 @@ def describe(
 def validate() -> None:
     """Check the manifest, its implementations and the committed JSON Schema."""
     manifest = _manifest()
-    if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text(encoding="utf-8") != render_schema():
-        raise _fail(f"{SCHEMA_PATH.name} is out of date: run `pdc schema` and commit it")
+    committed = packaged(SCHEMA_FILE)
+    if not committed.is_file() or committed.read_text(encoding="utf-8") != render_schema():
+        raise fail(f"{SCHEMA_FILE} is out of date: run `pdc schema` and commit it")
     out.print(
         f"manifest ok: {len(manifest.actions)} actions, {len(manifest.triggers)} triggers, "
         f"{len(manifest.dataSources)} data sources, {len(manifest.connections)} connections"
@@ -139,8 +140,9 @@ def validate() -> None:
 @app.command()
 def schema() -> None:
     """Regenerate manifest.schema.json from the pydantic models."""
-    SCHEMA_PATH.write_text(render_schema(), encoding="utf-8")
-    out.print(f"wrote {SCHEMA_PATH}")
+    target = Path(str(packaged(SCHEMA_FILE)))
+    target.write_text(render_schema(), encoding="utf-8")
+    out.print(f"wrote {target}")
 
 
 @app.command()
@@ -150,7 +152,7 @@ def docs(
     ] = None,
 ) -> None:
     """Write the component reference in Markdown."""
-    from component.docs import render_markdown
+    from pagerduty_connector.component.docs import render_markdown
 
     text = render_markdown(_manifest())
     if output:
@@ -168,21 +170,21 @@ def parse_inputs(inputs_json: str | None, pairs: list[str]) -> dict[str, Any]:
             try:
                 text = Path(text[1:]).read_text(encoding="utf-8")
             except OSError as exc:
-                raise _fail(f"--inputs-json: cannot read {text[1:]}: {exc.strerror}") from None
+                raise fail(f"--inputs-json: cannot read {text[1:]}: {exc.strerror}") from None
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise _fail(
+            raise fail(
                 f"--inputs-json is not valid JSON: {exc.msg} at column {exc.colno}"
             ) from None
         if not isinstance(loaded, dict):
-            raise _fail("--inputs-json must be a JSON object of input values")
+            raise fail("--inputs-json must be a JSON object of input values")
         values.update(loaded)
     repeated: dict[str, list[str]] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise _fail(f"--input expects name=value, got {pair!r}")
+            raise fail(f"--input expects name=value, got {pair!r}")
         repeated.setdefault(name, []).append(value)
     for name, items in repeated.items():
         values[name] = items[0] if len(items) == 1 else items
@@ -231,40 +233,13 @@ def run(
     try:
         manifest.runnable(key)
     except KeyError:
-        raise _fail(f"no action or data source has the key '{key}' (see `pdc actions`)") from None
+        raise fail(f"no action or data source has the key '{key}' (see `pdc actions`)") from None
     values = parse_inputs(inputs_json, input_ or [])
     try:
         result = asyncio.run(_run(manifest, key, values))
     except ComponentError as exc:
-        raise _fail(str(exc).replace("\n", " ")) from None
+        raise fail(str(exc).replace("\n", " ")) from None
     sys.stdout.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface (default PDC_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default PDC_PORT).")] = None,
-) -> None:
-    """Start the runtime (management API and webhook intake) under uvicorn."""
-    import logging
-
-    import uvicorn
-
-    from component.app import create_app
-    from component.settings import load_settings
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_settings()
-        application = create_app(settings)
-    except ComponentError as exc:
-        raise _fail(str(exc)) from None
-    uvicorn.run(
-        application,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_level="info",
-    )
 
 
 def main() -> None:

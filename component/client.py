@@ -19,17 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import certifi
-import httpx
-
-from component.errors import ConfigurationError, PagerDutyError
-from component.redact import get_logger, register_secret
-from connections import ConnectionConfig
+import httpx2
+from pagerduty_connector.component.errors import ConfigurationError, PagerDutyError
+from pagerduty_connector.component.redact import get_logger, register_secret
+from pagerduty_connector.connections import ConnectionConfig
 
 ACCEPT = "application/vnd.pagerduty+json;version=2"
 REST_URLS = {"us": "https://api.pagerduty.com", "eu": "https://api.eu.pagerduty.com"}
 EVENTS_URLS = {"us": "https://events.pagerduty.com/v2", "eu": "https://events.eu.pagerduty.com/v2"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-USER_AGENT = "pagerduty-connector/0.1 (+httpx)"
+USER_AGENT = "pagerduty-connector/0.1 (+httpx2)"
 
 Base = Literal["rest", "events"]
 log = get_logger("client")
@@ -140,7 +139,7 @@ class RequestBudget:
                 await self.clock.sleep((1 - self.tokens) / self.rate)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx2.Response) -> float | None:
     for name in ("ratelimit-reset", "retry-after"):
         value = response.headers.get(name)
         if value:
@@ -151,7 +150,7 @@ def _retry_after(response: httpx.Response) -> float | None:
     return None
 
 
-def error_from_response(response: httpx.Response, method: str, path: str) -> PagerDutyError:
+def error_from_response(response: httpx2.Response, method: str, path: str) -> PagerDutyError:
     """Map an error response (REST or Events API shape) to ``PagerDutyError``."""
     try:
         body: Any = response.json()
@@ -192,7 +191,7 @@ class PagerDutyClient:
         connection: ConnectionConfig | None,
         settings: ClientSettings | None = None,
         *,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.connection = connection
@@ -206,7 +205,7 @@ class PagerDutyClient:
         )
         if connection:
             register_secret(connection.secret)
-        self._http = httpx.AsyncClient(
+        self._http = httpx2.AsyncClient(
             transport=transport,
             verify=tls_context(),
             timeout=self.settings.timeout,
@@ -270,7 +269,7 @@ class PagerDutyClient:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (httpx per-request timeout)
         url: str | None = None,
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         """Send one request with retries; return the successful response.
 
         Raises ``ConfigurationError`` before sending when the request cannot be
@@ -293,13 +292,13 @@ class PagerDutyClient:
             data=data,
             files=files,
             headers=hdrs,
-            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            timeout=timeout if timeout is not None else httpx2.USE_CLIENT_DEFAULT,
         )
         return await self._send_with_retries(request, auth, policy, path)
 
     async def _send_with_retries(
-        self, request: httpx.Request, auth: httpx.Auth | None, policy: RetryPolicy, path: str
-    ) -> httpx.Response:
+        self, request: httpx2.Request, auth: httpx2.Auth | None, policy: RetryPolicy, path: str
+    ) -> httpx2.Response:
         method = request.method
         deadline = self.clock.now() + policy.budget
         attempt = 0
@@ -307,9 +306,9 @@ class PagerDutyClient:
             await self.budget.acquire()
             started = self.clock.now()
             try:
-                response = await self._http.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT)
-            except httpx.TransportError as exc:
-                not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                response = await self._http.send(request, auth=auth or httpx2.USE_CLIENT_DEFAULT)
+            except httpx2.TransportError as exc:
+                not_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
                 retryable = method in IDEMPOTENT or not_sent or policy.retry_all_errors
                 error = PagerDutyError(
                     f"could not reach PagerDuty ({type(exc).__name__})", method=method, path=path
@@ -351,7 +350,7 @@ class PagerDutyClient:
         return decode_json(response, method, path)
 
 
-def decode_json(response: httpx.Response, method: str, path: str) -> Any:
+def decode_json(response: httpx2.Response, method: str, path: str) -> Any:
     """The response's JSON body, ``None`` when empty; a clear error when not JSON."""
     if not response.content:
         return None

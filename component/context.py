@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from component.client import PagerDutyClient
-from component.manifest import Manifest
-from component.pagination import Progress
-from component.redact import get_logger
+from pagerduty_connector.component.client import PagerDutyClient
+from pagerduty_connector.component.manifest import Manifest
+from pagerduty_connector.component.pagination import Progress
+from pagerduty_connector.component.redact import get_logger
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from component.manifest import Action, Input, Manifest
+from pagerduty_connector.component.manifest import Action, Input, Manifest
 
 
 def _cell(value: Any) -> str:

@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from component.errors import InputError
-from component.manifest import Input, InputType
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.manifest import Input, InputType
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -14,16 +14,28 @@ import os
 import re
 from enum import StrEnum
 from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pagerduty_connector.component.errors import ManifestError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from component.errors import ManifestError
+# Package data of the import root (the repository root in a checkout), read through
+# importlib.resources so an installed wheel finds them too.
+PACKAGE = "pagerduty_connector"
+MANIFEST_FILE = "manifest.yaml"
+SCHEMA_FILE = "manifest.schema.json"
+# The C loader parses the manifest about 8x faster; PyYAML without libyaml falls back.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-MANIFEST_PATH = Path(__file__).resolve().parent.parent / "manifest.yaml"
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "manifest.schema.json"
+
+def packaged(name: str) -> Traversable:
+    """A file shipped with the package (``manifest.yaml``, ``manifest.schema.json``)."""
+    return files(PACKAGE) / name
+
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -303,10 +315,11 @@ def parse_manifest(raw: dict[str, Any]) -> Manifest:
 
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
-    """Read and validate a manifest file (default: ``$PDC_MANIFEST`` or the repo's)."""
-    target = Path(path or os.environ.get("PDC_MANIFEST") or MANIFEST_PATH)
+    """Read and validate a manifest file (default: ``$PDC_MANIFEST`` or the packaged one)."""
+    chosen = path or os.environ.get("PDC_MANIFEST")
+    target: Path | Traversable = Path(chosen) if chosen else packaged(MANIFEST_FILE)
     try:
-        raw = yaml.safe_load(target.read_text(encoding="utf-8"))
+        raw = yaml.load(target.read_text(encoding="utf-8"), Loader=_Loader)
     except FileNotFoundError:
         raise ManifestError(f"manifest not found at {target}") from None
     except yaml.YAMLError as exc:
@@ -318,7 +331,7 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
 
 @cache
 def default_manifest() -> Manifest:
-    """The repository manifest, loaded once per process."""
+    """The packaged manifest, loaded once per process."""
     return load_manifest()
 
 

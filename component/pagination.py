@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from component.client import PagerDutyClient
-from component.errors import PagerDutyError
+from pagerduty_connector.component.client import PagerDutyClient
+from pagerduty_connector.component.errors import PagerDutyError
 
 PAGE_SIZE = 100
 MAX_RECORDS = 10_000  # PagerDuty rejects offset + limit > 10000

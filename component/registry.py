@@ -14,15 +14,17 @@ import pkgutil
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from component.errors import ManifestError
-from component.manifest import Manifest
+from pagerduty_connector.component.errors import ManifestError
+from pagerduty_connector.component.manifest import Manifest
 
 if TYPE_CHECKING:
-    from component.context import StepContext
-    from component.inputs import CleanedInputs
+    from pagerduty_connector.component.context import StepContext
+    from pagerduty_connector.component.inputs import CleanedInputs
 
 ActionImpl = Callable[["StepContext", "CleanedInputs"], Awaitable[dict[str, Any]]]
-IMPLEMENTATION_PACKAGES = ("actions", "triggers", "datasources")
+IMPLEMENTATION_PACKAGES = tuple(
+    f"pagerduty_connector.{name}" for name in ("actions", "triggers", "datasources")
+)
 
 ACTIONS: dict[str, ActionImpl] = {}
 TRIGGERS: dict[str, Any] = {}

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from component import registry
-from component.context import StepContext
-from component.errors import InputError
-from component.inputs import CleanedInputs, clean_inputs
-from component.manifest import Action, Body, DataSource, Request
-from component.pagination import fetch_all
+from pagerduty_connector.component import registry
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.inputs import CleanedInputs, clean_inputs
+from pagerduty_connector.component.manifest import Action, Body, DataSource, Request
+from pagerduty_connector.component.pagination import fetch_all
 
 
 @dataclass

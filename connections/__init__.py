@@ -2,7 +2,7 @@
 
 ``pagerduty-api-key`` sends ``Authorization: Token token=<key>``;
 ``pagerduty-oauth`` sends ``Authorization: Bearer <access token>``. Both are
-``httpx.Auth`` classes so the client never builds the header itself, and the
+``httpx2.Auth`` classes so the client never builds the header itself, and the
 OAuth class can later refresh and retry after a 401 without the client knowing.
 """
 
@@ -13,21 +13,22 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import httpx
-
-from component.errors import ConfigurationError
+import httpx2
+from pagerduty_connector.component.errors import ConfigurationError
 
 Region = Literal["us", "eu"]
 ConnectionKind = Literal["apiKey", "oauth2"]
 
 
-class HeaderAuth(httpx.Auth):
+class HeaderAuth(httpx2.Auth):
     """Sets a fixed ``Authorization`` value; the OAuth flow will refresh it in place."""
 
     def __init__(self, value: str) -> None:
         self._header = value
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    def auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]:
         """Set the header on the outgoing request."""
         request.headers["Authorization"] = self._header
         yield request
@@ -51,7 +52,7 @@ class ConnectionConfig:
     secret: str = field(repr=False)
     from_email: str | None = None
     region: Region = "us"
-    refreshing: httpx.Auth | None = field(default=None, repr=False, compare=False)
+    refreshing: httpx2.Auth | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -59,8 +60,8 @@ class ConnectionConfig:
         if self.region not in ("us", "eu"):
             raise ConfigurationError(f"region must be 'us' or 'eu', got {self.region!r}")
 
-    def auth(self) -> httpx.Auth:
-        """The ``httpx.Auth`` that signs REST requests for this connection."""
+    def auth(self) -> httpx2.Auth:
+        """The ``httpx2.Auth`` that signs REST requests for this connection."""
         if self.refreshing is not None:
             return self.refreshing
         return token_auth(self.secret) if self.kind == "apiKey" else bearer_auth(self.secret)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from component.context import StepContext
-from component.inputs import CleanedInputs
-from component.manifest import DataSource
-from component.pagination import fetch_all
-from component.registry import datasource_kind
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.inputs import CleanedInputs
+from pagerduty_connector.component.manifest import DataSource
+from pagerduty_connector.component.pagination import fetch_all
+from pagerduty_connector.component.registry import datasource_kind
 
 
 @datasource_kind("picklist")

@@ -7,6 +7,15 @@ official OpenAPI document when the test ends (unless the test is marked
 
 from __future__ import annotations
 
+# respx imports ``httpx``; aliasing it to ``httpx2`` first (before anything imports
+# httpx) gives the test process one HTTP library: respx's default mocker then patches
+# httpcore2's pools, which our client uses, and the Requests/Responses that tests
+# build with respx are httpx2 objects. The alternative, respx's ``using="httpcore2"``
+# mocker, hands side effects old-httpx objects, so tests would mix two libraries.
+import httpx2
+
+httpx2.alias_httpx()
+
 import asyncio
 import json
 import os
@@ -16,24 +25,24 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import respx
 from cryptography.fernet import Fernet
+from pagerduty_connector.component.client import ClientSettings, PagerDutyClient, RetryPolicy
+from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.manifest import Manifest, load_manifest
+from pagerduty_connector.component.registry import check_implementations
+from pagerduty_connector.component.requester import run_step
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.connections import ConnectionConfig
+from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
+from pagerduty_connector.runtime.store import Store
 from starlette.testclient import TestClient
 
-from bench.fake_subscriptions import FakeSubscriptions
-from component.app import create_app
-from component.client import ClientSettings, PagerDutyClient, RetryPolicy
-from component.context import StepContext
-from component.manifest import Manifest, load_manifest
-from component.registry import check_implementations
-from component.requester import run_step
-from component.settings import RuntimeSettings, load_settings
-from component.store import Store
-from connections import ConnectionConfig
-from tests.openapi import validate_request
-from tests.runtime import ADMIN, AUTH, PUBLIC
+from tests.support.openapi import validate_request
+from tests.support.runtime import ADMIN, AUTH, PUBLIC
 
 API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
 FROM = "oncall@example.com"
@@ -89,11 +98,11 @@ def mount_subscriptions(router: respx.MockRouter, page_size: int = 100) -> FakeS
     """Serve PagerDuty's ``/webhook_subscriptions`` API statefully on a respx router."""
     fake = FakeSubscriptions(page_size=page_size)
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content) if request.content else None
         query = dict(request.url.params)
         status, data = fake.handle(request.method, request.url.path, query, body)
-        return httpx.Response(status, json=data) if data is not None else httpx.Response(status)
+        return httpx2.Response(status, json=data) if data is not None else httpx2.Response(status)
 
     router.route(url__regex=rf"^{re.escape(REST)}/webhook_subscriptions").mock(side_effect=answer)
     return fake
@@ -139,7 +148,7 @@ def run(make_ctx: MakeCtx) -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def postgres_root() -> Iterator[str | None]:
     """One PostgreSQL server for the session (None when not installed, outside CI)."""
-    from tests.postgres import available, postgres_server
+    from tests.support.postgres import available, postgres_server
 
     if not available():
         if os.environ.get("CI"):

@@ -13,7 +13,7 @@ import hmac
 import re
 from collections.abc import Iterable
 
-from component.errors import SignatureError
+from pagerduty_connector.component.errors import SignatureError
 
 HEADER = "x-pagerduty-signature"
 _ENTRY = re.compile(r"^v(?P<version>[1-9][0-9]*)=(?P<digest>[0-9a-fA-F]+)$")

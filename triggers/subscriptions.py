@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from component.client import PagerDutyClient
-from component.errors import DeployError, PagerDutyError
-from component.pagination import fetch_all
-from component.redact import get_logger
+from pagerduty_connector.component.client import PagerDutyClient
+from pagerduty_connector.component.errors import DeployError, PagerDutyError
+from pagerduty_connector.component.pagination import fetch_all
+from pagerduty_connector.component.redact import get_logger
 
 COLLECTION = "webhook_subscriptions"
 log = get_logger("subscriptions")

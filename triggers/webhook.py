@@ -14,11 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from component.errors import InputError
-from component.inputs import CleanedInputs
-from component.registry import trigger
-from triggers.signature import HEADER, verify_signature
-from triggers.subscriptions import Desired
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.inputs import CleanedInputs
+from pagerduty_connector.component.registry import trigger
+from pagerduty_connector.triggers.signature import HEADER, verify_signature
+from pagerduty_connector.triggers.subscriptions import Desired
 
 EVENT_FIELDS = ("id", "event_type", "resource_type", "occurred_at", "agent", "client", "data")
 PING = "pagey.ping"

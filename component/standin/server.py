@@ -1,0 +1,209 @@
+"""A small PagerDuty-like HTTP server on 127.0.0.1 for benchmarks and process tests.
+
+It answers ``GET /incidents`` (offset pagination over generated incidents),
+``GET /incidents/{id}``, ``POST /incidents/{id}/notes``, ``GET /abilities`` and
+the ``/webhook_subscriptions`` API (``bench.fake_subscriptions``), optionally
+after a delay (``first_get_delay`` holds only the first ``GET /incidents/{id}``,
+to catch a runtime mid-step), and records the method and path of every request.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def incident(n: int) -> dict[str, Any]:
+    """A realistic incident record (about 600 bytes of JSON)."""
+    ref = {"type": "service_reference", "summary": "Checkout API"}
+    return {
+        "id": f"Q{n:012d}",
+        "type": "incident",
+        "summary": f"[#{n}] Disk is {n % 100}% full on db-{n % 7}",
+        "title": f"Disk is {n % 100}% full on db-{n % 7}",
+        "incident_number": n,
+        "status": "triggered",
+        "urgency": "high",
+        "created_at": "2026-11-24T10:00:00Z",
+        "service": {"id": f"PS{n % 50:05d}", **ref},
+        "assignments": [{"at": "2026-11-24T10:00:00Z", "assignee": {"id": "PU00001"}}],
+        "html_url": f"https://acme.pagerduty.com/incidents/Q{n:012d}",
+    }
+
+
+class LocalPagerDuty(ThreadingHTTPServer):
+    """The server; ``requests`` lists ``(method, path)`` in arrival order."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0, port: int = 0
+    ) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.incidents = [incident(n) for n in range(count)]
+        self.delay = delay
+        self.first_get_delay = first_get_delay
+        self.requests: list[tuple[str, str]] = []
+        self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
+        self.subscriptions = FakeSubscriptions()
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """Base URL to point ``PAGERDUTY_API_URL`` at."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def record(self, method: str, path: str) -> int:
+        """Remember a request; return how many came before it."""
+        with self._lock:
+            self.requests.append((method, path))
+            return len(self.requests) - 1
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: LocalPagerDuty
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (~40 ms) and every "instant" answer is slow.
+    disable_nagle_algorithm = True
+
+    def _send(self, status: int, body: Any) -> None:
+        data = (
+            b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        )
+        time.sleep(self.server.delay)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _json(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length) or b"{}")
+
+    def _subscriptions(self, method: str) -> bool:
+        """Serve ``/webhook_subscriptions`` from the fake; ``False`` for other paths."""
+        parts = urlsplit(self.path)
+        if not parts.path.startswith("/webhook_subscriptions"):
+            return False
+        self.server.record(method, parts.path)
+        body = self._json() if method in ("POST", "PUT") else None
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        with self.server._lock:
+            status, answer = self.server.subscriptions.handle(method, parts.path, query, body)
+        self._send(status, answer)
+        return True
+
+    def do_PUT(self) -> None:
+        if not self._subscriptions("PUT"):
+            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def do_DELETE(self) -> None:
+        if not self._subscriptions("DELETE"):
+            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def do_GET(self) -> None:
+        if self._subscriptions("GET"):
+            return
+        parts = urlsplit(self.path)
+        if parts.path == "/_bench/secrets":  # not PagerDuty's: lets a benchmark sign deliveries
+            subs = self.server.subscriptions
+            urls = {i: s["delivery_method"]["url"] for i, s in subs.subscriptions.items()}
+            return self._send(200, {urls[i]: secret for i, secret in subs.secrets.items()})
+        before = self.server.record("GET", parts.path)
+        if parts.path == "/abilities":
+            return self._send(200, {"abilities": ["teams"]})
+        if parts.path == "/incidents":
+            page = self.server.pages.get(parts.query)
+            if page is None:
+                page = json.dumps(self._page(parse_qs(parts.query))).encode()
+                self.server.pages[parts.query] = page
+            return self._send(200, page)
+        if parts.path.startswith("/incidents/"):
+            earlier = self.server.requests[:before]
+            if not any(m == "GET" and p.startswith("/incidents/") for m, p in earlier):
+                time.sleep(self.server.first_get_delay)
+            incident_id = parts.path.rsplit("/", 1)[-1]
+            incident = {"id": incident_id, "title": "Server is on fire", "urgency": "high"}
+            return self._send(200, {"incident": incident})
+        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def do_POST(self) -> None:
+        if self._subscriptions("POST"):
+            return
+        parts = urlsplit(self.path)
+        self.server.record("POST", parts.path)
+        body = self._json()
+        if parts.path.endswith("/notes"):
+            return self._send(201, {"note": {"id": "PWL7QXS", **body.get("note", {})}})
+        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+
+    def _page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        limit = int(query.get("limit", ["25"])[0])
+        offset = int(query.get("offset", ["0"])[0])
+        items = self.server.incidents
+        page = items[offset : offset + limit]
+        return {
+            "incidents": page,
+            "limit": limit,
+            "offset": offset,
+            "more": offset + len(page) < len(items),
+            "total": len(items) if query.get("total") == ["true"] else None,
+        }
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def running(**options: Any) -> Iterator[LocalPagerDuty]:
+    """Run a ``LocalPagerDuty`` in a background thread for the duration of the block."""
+    server = LocalPagerDuty(**options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def serve(port_queue: Any, count: int, delay: float) -> None:
+    """Process entry point: serve ``count`` incidents, ``delay`` seconds per answer."""
+    server = LocalPagerDuty(count=count, delay=delay)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def main() -> None:
+    """Serve a stand-in PagerDuty on a fixed port for trying the runtime by hand."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9999)
+    parser.add_argument("--incidents", type=int, default=25)
+    args = parser.parse_args()
+    server = LocalPagerDuty(count=args.incidents, port=args.port)
+    print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""``pdc``: the component's commands plus ``serve``, which starts the runtime.
+
+The component's CLI (``component/cli.py``) never imports the runtime; this module
+adds the runtime's command to it and is the console script's entry point. The
+runtime itself is imported only when ``serve`` runs, so the other commands start fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pagerduty_connector.component.cli import app, fail
+from pagerduty_connector.component.errors import ComponentError
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default PDC_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PDC_PORT).")] = None,
+) -> None:
+    """Start the runtime (management API and webhook intake) under uvicorn."""
+    import logging
+
+    import uvicorn
+    from pagerduty_connector.runtime.app import create_app
+    from pagerduty_connector.runtime.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        application = create_app(settings)
+    except ComponentError as exc:
+        raise fail(str(exc)) from None
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level="info",
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Flows: a trigger plus ordered steps, their templates, validation and execution.
+
+Step inputs may reference the trigger's output and earlier steps' results with
+Jinja templates rendered in a sandbox, e.g. ``{{ trigger.event.data.id }}`` or
+``{{ steps.getIncident.data.incident.title }}``; list items are reached with dot
+paths such as ``notifications.0.sentat``. A value that is exactly one expression
+keeps its type (an object stays an object); any other text renders to a string.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+from pagerduty_connector.component.errors import ComponentError, InputError
+from pagerduty_connector.component.inputs import clean_inputs
+from pagerduty_connector.component.manifest import InputType, Manifest
+from pagerduty_connector.component.redact import MASK, redact
+from pagerduty_connector.component.registry import TRIGGERS
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _DataEnvironment(SandboxedEnvironment):
+    """A sandbox where ``a.b`` on a mapping means its key ``b`` before any method.
+
+    Jinja tries attributes first, so ``steps.get`` or ``data.items`` would otherwise
+    reach ``dict.get`` / ``dict.items`` instead of the step or field of that name.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """Key lookup first for mappings, then the sandbox's attribute rules."""
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+_env = _DataEnvironment(undefined=StrictUndefined, autoescape=False)
+_SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.S)
+_STEP_REF = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class Step(BaseModel):
+    """One step: an action or data source with (templated) inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    action: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    when: str | None = Field(default=None, description="Jinja expression; skip when false.")
+    onError: Literal["stop", "continue"] = "stop"
+
+
+class FlowTrigger(BaseModel):
+    """The trigger that starts a flow, with its inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Flow(BaseModel):
+    """A named trigger plus ordered steps."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    trigger: FlowTrigger
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_steps(self) -> Flow:
+        names = [s.name for s in self.steps]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate:
+            raise ValueError(f"step name '{duplicate}' is used twice")
+        return self
+
+
+def _is_template(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
+def _compile(owner: str, key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _compile(owner, key, v)
+    elif isinstance(value, list):
+        for v in value:
+            _compile(owner, key, v)
+    elif isinstance(value, str) and _is_template(value):
+        try:
+            match = _SINGLE.match(value)
+            if match:
+                _env.compile_expression(match.group("expr"))
+            else:
+                _env.from_string(value)
+        except TemplateError as exc:
+            raise InputError(owner, key, f"template error: {exc}") from None
+
+
+def _contains_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return _is_template(value)
+    if isinstance(value, dict):
+        return any(_contains_template(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_template(v) for v in value)
+    return False
+
+
+def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
+    """Check the trigger, every step, its inputs and templates; raise ``InputError``.
+
+    The trigger's inputs are replaced by their cleaned values; warnings (values
+    sent as they are) are returned.
+    """
+    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
+    if trigger is None:
+        known = ", ".join(t.key for t in manifest.triggers)
+        raise InputError(flow.name, "trigger.type", f"unknown trigger (known: {known})")
+    owner = f"{flow.name}.trigger ({trigger.key})"
+    cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
+    check = getattr(TRIGGERS.get(trigger.key), "check", None)
+    if check is not None:
+        check(owner, cleaned)
+    flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
+    warnings = list(cleaned.warnings)
+    seen: list[str] = []
+    for step in flow.steps:
+        owner = f"{flow.name}.{step.name}"
+        try:
+            item = manifest.runnable(step.action)
+        except KeyError:
+            raise InputError(owner, "action", f"unknown action '{step.action}'") from None
+        templated = {k for k, v in step.inputs.items() if _contains_template(v)}
+        static = {k: v for k, v in step.inputs.items() if k not in templated}
+        missing_templated = [i for i in item.inputs if i.key in templated]
+        declared = [i for i in item.inputs if i not in missing_templated]
+        warnings += clean_inputs(f"{owner} ({step.action})", declared, static).warnings
+        for key in templated:
+            _compile(owner, key, step.inputs[key])
+            for ref in _STEP_REF.findall(str(step.inputs[key])):
+                if ref not in seen:
+                    raise InputError(
+                        owner, key, f"refers to step '{ref}', which does not run before"
+                    )
+        if step.when:
+            _compile(owner, "when", "{{" + step.when + "}}")
+        seen.append(step.name)
+    return warnings
+
+
+def render(value: Any, scope: dict[str, Any]) -> Any:
+    """Render templates inside ``value``; a lone expression keeps its type."""
+    if isinstance(value, dict):
+        return {k: render(v, scope) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, scope) for v in value]
+    if not isinstance(value, str) or not _is_template(value):
+        return value
+    match = _SINGLE.match(value)
+    if match:
+        return _env.compile_expression(match.group("expr"), undefined_to_none=False)(**scope)
+    return _env.from_string(value).render(**scope)
+
+
+def _redacted_inputs(manifest: Manifest, action: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    item = manifest.runnable(action)
+    secret = {i.key for i in item.inputs if i.type is InputType.PASSWORD}
+    return {k: MASK if k in secret else _redact_value(v) for k, v in inputs.items()}
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+StepRunner = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def run_flow(
+    flow: Flow, manifest: Manifest, trigger_output: dict[str, Any], run_step: StepRunner
+) -> tuple[str, list[dict[str, Any]]]:
+    """Run the steps in order; return the flow status and one record per step."""
+    scope: dict[str, Any] = {"trigger": trigger_output, "steps": {}}
+    records: list[dict[str, Any]] = []
+    status = "succeeded"
+    for step in flow.steps:
+        record: dict[str, Any] = {"name": step.name, "action": step.action}
+        started = time.perf_counter()
+        try:
+            if step.when and not render("{{" + step.when + "}}", scope):
+                record["status"] = "skipped"
+                records.append(record)
+                continue
+            inputs = render(step.inputs, scope)
+            record["inputs"] = _redacted_inputs(manifest, step.action, inputs)
+            result = await run_step(step.action, inputs)
+            scope["steps"][step.name] = result
+            record.update(status="succeeded", result=_redact_value(result))
+        except (ComponentError, TemplateError, TypeError, ValueError) as exc:
+            record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}"))
+            if step.onError == "stop":
+                status = "failed"
+        record["durationMs"] = round((time.perf_counter() - started) * 1000, 2)
+        records.append(record)
+        if status == "failed":
+            break
+    return status, records

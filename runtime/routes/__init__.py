@@ -1,0 +1,1 @@
+"""The runtime's routes, one module per resource."""

@@ -1,0 +1,97 @@
+"""Runtime settings from the environment (``PDC_*``), validated at startup.
+
+Without an admin token or encryption key, development values are generated into
+the data directory (file mode 0600) with a warning; ``PDC_ENV=production``
+refuses to start without them instead.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from cryptography.fernet import Fernet
+from pagerduty_connector.component.errors import ConfigurationError
+from pagerduty_connector.component.redact import get_logger, register_secret
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = get_logger("settings")
+
+
+class RuntimeSettings(BaseSettings):
+    """What ``pdc serve`` needs; every field can be set as ``PDC_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="PDC_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".pdc")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data directory."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL PagerDuty reaches us at."
+    )
+    admin_token: str | None = Field(default=None, repr=False)
+    secret_key: str | None = Field(default=None, repr=False, description="Fernet key.")
+    flow_concurrency: int = Field(default=4, ge=1, le=256)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to ``sqlite+aiosqlite`` in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'pdc.db').resolve()}"
+
+
+def _dev_secret(data_dir: Path, name: str, make: callable) -> str:  # type: ignore[valid-type]
+    path = data_dir / name
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value, encoding="utf-8")
+    log.warning(
+        "generated a development %s in %s; set PDC_%s for real deployments",
+        name.replace("-", " "),
+        path,
+        name.upper().replace("-", "_"),
+    )
+    return value
+
+
+def load_settings(**overrides: object) -> RuntimeSettings:
+    """Read, validate and complete the settings, or raise ``ConfigurationError``."""
+    try:
+        settings = RuntimeSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PDC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid runtime settings: {problems}") from None
+    missing = [n for n in ("admin_token", "secret_key") if not getattr(settings, n)]
+    if missing and settings.env == "production":
+        names = ", ".join(f"PDC_{n.upper()}" for n in missing)
+        raise ConfigurationError(f"PDC_ENV=production needs {names}; refusing to start")
+    if not settings.admin_token:
+        settings.admin_token = _dev_secret(
+            settings.data_dir, "admin-token", lambda: secrets.token_urlsafe(32)
+        )
+    if not settings.secret_key:
+        settings.secret_key = _dev_secret(
+            settings.data_dir, "secret-key", lambda: Fernet.generate_key().decode()
+        )
+    try:
+        Fernet(settings.secret_key.encode())
+    except ValueError:
+        raise ConfigurationError(
+            "PDC_SECRET_KEY is not a Fernet key (32 url-safe base64-encoded bytes); "
+            "generate one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'"
+        ) from None
+    register_secret(settings.admin_token)
+    register_secret(settings.secret_key)
+    return settings

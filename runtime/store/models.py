@@ -1,0 +1,113 @@
+"""The runtime's tables: connections, instances, executions, subscriptions, OAuth states.
+
+Connections keep their secret inputs sealed by ``SecretBox``; executions are
+written before a webhook is answered so nothing received is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> datetime:
+    """Timezone-aware current time in UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random identifier for rows created by the runtime."""
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class ConnectionRow(Base):
+    """A configured connection; ``secrets`` holds the sealed secret inputs."""
+
+    __tablename__ = "connections"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    secrets: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class InstanceRow(Base):
+    """A deployed instance: its flows, connection and deploy state."""
+
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    connection_id: Mapped[str | None] = mapped_column(
+        ForeignKey("connections.id", ondelete="RESTRICT"), nullable=True
+    )
+    flows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ExecutionRow(Base):
+    """One received webhook and the run of its flow (the integration log)."""
+
+    __tablename__ = "executions"
+    __table_args__ = (UniqueConstraint("instance_id", "webhook_id", name="uq_execution_webhook"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(String(100), index=True)
+    flow: Mapped[str] = mapped_column(String(200))
+    webhook_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    received_body: Mapped[str] = mapped_column(Text, default="")
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SubscriptionRow(Base):
+    """A PagerDuty webhook subscription held for one instance flow, with its secret."""
+
+    __tablename__ = "webhook_subscriptions"
+    __table_args__ = (UniqueConstraint("instance_id", "flow", "subscription_id"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(String(100), index=True)
+    flow: Mapped[str] = mapped_column(String(200))
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class OAuthStateRow(Base):
+    """A started OAuth consent: its ``state``, connection and sealed PKCE verifier."""
+
+    __tablename__ = "oauth_states"
+    state: Mapped[str] = mapped_column(String(100), primary_key=True)
+    connection_id: Mapped[str] = mapped_column(String(64), index=True)
+    verifier: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,285 @@
+"""The runtime over HTTP, on SQLite and on a real PostgreSQL: connections, deploys,
+webhook intake, flow execution and the execution log. PagerDuty is mocked by respx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import respx
+import yaml
+from cryptography.fernet import Fernet
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
+from pagerduty_connector.runtime.store import Store
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
+from tests.conftest import REST
+from tests.support.runtime import (
+    ADMIN,
+    API_KEY,
+    AUTH,
+    EVENT,
+    FLOW,
+    INCIDENT,
+    PUBLIC,
+    deliver,
+    drain,
+    make_connection,
+    secret_for,
+)
+
+
+def test_flow_runs_from_a_webhook_and_is_recorded(
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    connection = make_connection(api)
+    assert connection["secrets"] == {"apiKey": "***"}
+
+    deployed = api.post(
+        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+    )
+    assert deployed.status_code == 201, deployed.text
+    url = deployed.json()["webhookUrls"]["on-incident"]
+    assert url == f"{PUBLIC}/webhooks/acme/on-incident"
+
+    answer = deliver(api, subs, "/webhooks/acme/on-incident")
+    assert answer.status_code == 202
+    execution_id = answer.json()["execution"]
+    drain(api)
+
+    assert get.call_count == 1 and note.call_count == 1
+    sent = note.calls.last.request
+    assert json.loads(sent.content) == {"note": {"content": "Investigating: Server is on fire"}}
+    assert sent.headers["From"] == "oncall@example.com"
+    assert sent.headers["Authorization"] == f"Token token={API_KEY}"
+
+    record = api.get(f"/api/executions/{execution_id}").json()
+    assert record["status"] == "succeeded" and record["responseStatus"] == 202
+    assert json.loads(record["receivedBody"]) == EVENT
+    assert record["trigger"]["event"]["data"]["id"] == "Q1P5"
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [
+        ("incident", "succeeded"),
+        ("note", "succeeded"),
+    ]
+    assert record["steps"][1]["inputs"] == {
+        "id": "Q1P5",
+        "note": "Investigating: Server is on fire",
+    }
+    assert record["steps"][0]["result"] == {"data": INCIDENT}
+
+    again = deliver(api, subs, "/webhooks/acme/on-incident")  # a redelivery: same X-Webhook-Id
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    drain(api)
+    assert get.call_count == 1
+    assert len(api.get("/api/executions", params={"instance": "acme"}).json()) == 1
+
+    seen = [
+        api.get("/api/connections").text,
+        api.get("/api/connections/ops").text,
+        api.get("/api/instances/acme").text,
+        api.get("/api/executions").text,
+        json.dumps(record),
+        "\n".join(r.getMessage() for r in caplog.records),
+    ]
+    signing_secret = secret_for(subs, "/webhooks/acme/on-incident")
+    secrets = (API_KEY, ADMIN, signing_secret)
+    assert not [text_ for text_ in seen if any(secret in text_ for secret in secrets)]
+
+
+async def test_secrets_are_encrypted_in_the_database(
+    runtime_settings: RuntimeSettings, pd: respx.MockRouter
+) -> None:
+    with TestClient(create_app(runtime_settings), headers=AUTH) as client:
+        make_connection(client)
+    store = Store(runtime_settings.resolved_database_url())
+    async with store.engine.connect() as raw:
+        dump = [
+            str(row)
+            for table in ("connections", "instances", "executions")
+            for row in (await raw.execute(text(f"SELECT * FROM {table}"))).all()
+        ]
+    await store.close()
+    assert dump and not any(API_KEY in row for row in dump)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f["steps"][0].update(action="getIncidnt"), "unknown action 'getIncidnt'"),
+        (
+            lambda f: f["steps"][1]["inputs"].update(id="{{ steps.nope.data }}"),
+            "refers to step 'nope'",
+        ),
+        (lambda f: f["steps"][0]["inputs"].update(include="bogus"), "'bogus' is not one of"),
+        (lambda f: f.update(name="Bad Name"), "flows.0.name"),
+    ],
+)
+def test_bad_flows_are_rejected_and_nothing_is_stored(
+    api: TestClient, change: Any, message: str
+) -> None:
+    make_connection(api)
+    flow = json.loads(json.dumps(FLOW))
+    change(flow)
+    answer = api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [flow]})
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]["message"]
+    assert api.get("/api/instances").json() == []
+
+
+def test_rejected_api_key_is_not_stored(api: TestClient, pd: respx.MockRouter) -> None:
+    pd.get(f"{REST}/abilities").respond(401, json={"error": {"message": "Unauthorized"}})
+    answer = api.post(
+        "/api/connections",
+        json={"name": "ops", "type": "pagerduty-api-key", "config": {"apiKey": "wrong"}},
+    )
+    assert answer.status_code == 400
+    assert "PagerDuty rejected the API key (HTTP 401" in answer.json()["error"]["message"]
+    assert api.get("/api/connections").json() == []
+
+
+def test_key_rotation_is_checked_and_keeps_the_old_key_on_failure(
+    api: TestClient, pd: respx.MockRouter
+) -> None:
+    make_connection(api)
+    abilities = pd.get(f"{REST}/abilities")
+    abilities.respond(403, json={"error": {"message": "Forbidden"}})
+    failed = api.put("/api/connections/ops", json={"config": {"apiKey": "u+new-bad"}})
+    assert failed.status_code == 400
+    abilities.respond(json={"abilities": []})
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    trial = {"connection": "ops", "action": "getIncident", "inputs": {"id": "Q1P5"}}
+    assert api.post("/api/test-runs", json=trial).json() == {"result": {"data": INCIDENT}}
+    assert get.calls.last.request.headers["Authorization"] == f"Token token={API_KEY}"
+    rotated = api.put("/api/connections/ops", json={"config": {"apiKey": "u+rotated-key"}})
+    assert rotated.status_code == 200
+    api.post("/api/test-runs", json=trial)
+    assert get.calls.last.request.headers["Authorization"] == "Token token=u+rotated-key"
+
+
+def test_connection_in_use_cannot_be_deleted(api: TestClient) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    refused = api.delete("/api/connections/ops")
+    assert refused.status_code == 409
+    assert refused.json()["error"]["message"] == "connection 'ops' is used by instances: acme"
+    assert api.delete("/api/instances/acme").status_code == 204
+    assert api.delete("/api/connections/ops").status_code == 204
+
+
+def test_disabled_instance_records_and_skips(
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    assert api.post("/api/instances/acme/disable").json()["enabled"] is False
+    before = len(pd.calls)
+    answer = deliver(api, subs, "/webhooks/acme/on-incident")
+    drain(api)
+    assert answer.status_code == 202 and answer.json()["status"] == "skipped"
+    record = api.get(f"/api/executions/{answer.json()['execution']}").json()
+    assert record["status"] == "skipped" and record["steps"] == []
+    assert record["reason"] == "instance is disabled"
+    assert len(pd.calls) == before
+
+
+def test_flows_can_be_deployed_as_yaml_and_tried_with_a_sample_payload(
+    api: TestClient, pd: respx.MockRouter
+) -> None:
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    make_connection(api)
+    document = yaml.safe_dump({"name": "acme", "connection": "ops", "flows": [FLOW]})
+    deployed = api.post(
+        "/api/instances", content=document, headers={"Content-Type": "application/yaml"}
+    )
+    assert deployed.status_code == 201, deployed.text
+    assert deployed.json()["deploy"]["log"] == ["on-incident: created subscription PSUB0001"]
+    tried = api.post("/api/instances/acme/flows/on-incident/test", content=json.dumps(EVENT))
+    assert tried.status_code == 202
+    drain(api)
+    record = api.get(f"/api/executions/{tried.json()['execution']}").json()
+    assert record["status"] == "succeeded" and record["headers"] == {"x-pdc-test-run": "true"}
+    assert get.call_count == 1 and note.call_count == 1
+    broken = api.post(
+        "/api/instances", content=b"name: [", headers={"Content-Type": "application/yaml"}
+    )
+    assert broken.status_code == 400 and "not YAML" in broken.json()["error"]["message"]
+
+
+def test_executions_of_one_flow_run_up_to_the_concurrency_limit(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+        flow_concurrency=2,
+    )
+    running = 0
+    peak = 0
+
+    async def slow_incident(request: httpx2.Request) -> httpx2.Response:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return httpx2.Response(200, json=INCIDENT)
+
+    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=slow_incident)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        make_connection(client)
+        client.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+        for n in range(6):
+            assert deliver(client, subs, "/webhooks/acme/on-incident", f"wh-{n}").status_code == 202
+        drain(client)
+        statuses = [e["status"] for e in client.get("/api/executions").json()]
+    assert statuses == ["succeeded"] * 6
+    assert peak == 2
+
+
+def test_webhook_errors(api: TestClient) -> None:
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    assert api.post("/webhooks/acme/nope", content=b"{}").status_code == 404
+    assert api.post("/webhooks/acme/on-incident", content=b"not json").status_code == 400
+    big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
+    assert api.post("/webhooks/acme/on-incident", content=big).status_code == 413
+    assert api.get("/api/executions").json() == []
+
+
+def test_management_api_needs_the_admin_token(runtime_settings: RuntimeSettings, pd: Any) -> None:
+    with TestClient(create_app(runtime_settings)) as client:
+        assert client.get("/api/connections").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.get("/api/instances", headers=wrong).status_code == 401
+        assert client.get("/health").json() == {"status": "ok"}
+        paths = client.get("/openapi.json").json()["paths"]
+        assert {"/api/connections", "/api/instances/{name}", "/webhooks/{instance}/{flow}"} <= set(
+            paths
+        )
+
+
+def test_component_specification(api: TestClient) -> None:
+    spec = api.get("/api/component").json()
+    assert len(spec["actions"]) == 43 and len(spec["dataSources"]) == 4
+    api_key = next(c for c in spec["connections"] if c["key"] == "pagerduty-api-key")
+    assert api_key["secretInputs"] == ["apiKey"]
+    assert api_key["inputs"]["properties"]["apiKey"]["x-secret"] is True
+    get_incident = next(a for a in spec["actions"] if a["key"] == "getIncident")
+    assert get_incident["inputs"]["required"] == ["id"]
+    assert get_incident["scope"] == "incidents.read"

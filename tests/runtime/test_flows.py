@@ -1,0 +1,247 @@
+"""Flows: templates (typed and sandboxed), validation at deploy, ordered execution."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import respx
+from jinja2.exceptions import SecurityError
+from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.manifest import Manifest
+from pagerduty_connector.component.requester import run_step
+from pagerduty_connector.runtime.flows import Flow, render, run_flow, validate_flow
+
+from tests.conftest import REST, MakeCtx
+
+TRIGGER = {
+    "event": {
+        "id": "01DEN0M0L0OCDNR0CDEVP4SRGH",
+        "event_type": "incident.triggered",
+        "data": {"id": "Q1P5", "title": "Server is on fire", "urgency": "high"},
+        "notifications": [{"sentat": "2024-01-15T10:30:00Z"}],
+    }
+}
+
+
+TRIGGER_INPUTS = {
+    "events": ["incident.triggered"],
+    "webhookDescription": "ops",
+    "filterType": "account_reference",
+}
+
+
+def flow(
+    steps: list[dict[str, Any]],
+    trigger: str = "incidentsTrigger",
+    inputs: dict[str, Any] | None = None,
+) -> Flow:
+    trigger_inputs = {**TRIGGER_INPUTS, **(inputs or {})}
+    return Flow.model_validate(
+        {
+            "name": "on-incident",
+            "trigger": {"type": trigger, "inputs": trigger_inputs},
+            "steps": steps,
+        }
+    )
+
+
+def test_a_lone_expression_keeps_its_type() -> None:
+    scope = {"trigger": TRIGGER, "steps": {}}
+    assert render("{{ trigger.event.data }}", scope) == TRIGGER["event"]["data"]
+    assert render(" {{ trigger.event.notifications.0.sentat }} ", scope) == "2024-01-15T10:30:00Z"
+    assert render("Incident {{ trigger.event.data.id }}!", scope) == "Incident Q1P5!"
+    assert render({"a": ["{{ 1 + 1 }}", "x"]}, scope) == {"a": [2, "x"]}
+    data = {"steps": {"get": {"items": [1], "values": "v"}}}
+    assert render("{{ steps.get.items }}", data) == [1]  # keys win over dict methods
+    assert render("{{ steps.get.values }}", data) == "v"
+
+
+def test_templates_are_sandboxed_and_strict() -> None:
+    with pytest.raises(SecurityError):
+        render("{{ ''.__class__.__mro__ }}", {})
+    with pytest.raises(Exception, match="has no attribute 'nope'"):
+        render("{{ trigger.nope.deeper }}", {"trigger": {}})
+
+
+def test_valid_flow_passes(manifest: Manifest) -> None:
+    validate_flow(
+        flow(
+            [
+                {
+                    "name": "get",
+                    "action": "getIncident",
+                    "inputs": {"id": "{{ trigger.event.data.id }}"},
+                },
+                {
+                    "name": "note",
+                    "action": "createIncidentNote",
+                    "inputs": {
+                        "id": "{{ steps.get.data.incident.id }}",
+                        "note": "Seen: {{ steps.get.data.incident.title }}",
+                    },
+                    "when": "trigger.event.data.urgency == 'high'",
+                },
+            ]
+        ),
+        manifest,
+    )
+
+
+@pytest.mark.parametrize(
+    ("steps", "trigger", "message"),
+    [
+        (
+            [{"name": "a", "action": "getIncident", "inputs": {"id": "P1"}}],
+            "nope",
+            "unknown trigger",
+        ),
+        (
+            [{"name": "a", "action": "getIncidnt"}],
+            "incidentsTrigger",
+            "unknown action 'getIncidnt'",
+        ),
+        ([{"name": "a", "action": "getIncident"}], "incidentsTrigger", "input 'id': is required"),
+        (
+            [{"name": "a", "action": "listIncidents", "inputs": {"limit": "ten"}}],
+            "incidentsTrigger",
+            "input 'limit': expected a whole number",
+        ),
+        (
+            [{"name": "a", "action": "getIncident", "inputs": {"id": "{{ trigger.event.data.id"}}],
+            "incidentsTrigger",
+            "input 'id': template error",
+        ),
+        (
+            [{"name": "a", "action": "getIncident", "inputs": {"id": "{{ steps.b.data.id }}"}}],
+            "incidentsTrigger",
+            "refers to step 'b', which does not run before",
+        ),
+        (
+            [{"name": "a", "action": "getIncident", "inputs": {"id": "P1", "colour": "red"}}],
+            "incidentsTrigger",
+            "input 'colour': is not an input of this step",
+        ),
+    ],
+)
+def test_bad_flows_are_rejected_with_the_step_and_input(
+    steps: list[dict[str, Any]], trigger: str, message: str, manifest: Manifest
+) -> None:
+    with pytest.raises(InputError) as info:
+        validate_flow(flow(steps, trigger), manifest)
+    assert message in str(info.value)
+
+
+GET = [{"name": "a", "action": "getIncident", "inputs": {"id": "P1"}}]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "inputs", "message"),
+    [
+        ("incidentsTrigger", {"filterType": "service_reference"}, "input 'filterId': is required"),
+        ("incidentsTrigger", {"filterType": "user_reference"}, "'user_reference' is not one of"),
+        (
+            "incidentsTrigger",
+            {"events": ["service.created"]},
+            "'service.created' is not one of its incident.* events",
+        ),
+        ("serviceTrigger", {}, "'incident.triggered' is not one of its service.* events"),
+        ("incidentsTrigger", {"events": []}, "input 'events': is required"),
+        ("incidentsTrigger", {"webhookDescription": ""}, "input 'webhookDescription': is required"),
+    ],
+)
+def test_bad_trigger_inputs_are_rejected(
+    trigger: str, inputs: dict[str, Any], message: str, manifest: Manifest
+) -> None:
+    with pytest.raises(InputError) as info:
+        validate_flow(flow(GET, trigger, inputs), manifest)
+    assert message in str(info.value) and f"on-incident.trigger ({trigger})" in str(info.value)
+
+
+def test_trigger_inputs_are_cleaned_and_unknown_events_warned(manifest: Manifest) -> None:
+    checked = flow(
+        GET,
+        inputs={
+            "events": "incident.brand_new",
+            "filterType": "team_reference",
+            "filterId": "PT1",
+        },
+    )
+    warnings = validate_flow(checked, manifest)
+    assert checked.trigger.inputs["events"] == ["incident.brand_new"]
+    assert warnings == [
+        "on-incident.trigger (incidentsTrigger): input 'events': "
+        "'incident.brand_new' is not a known value; sent as is"
+    ]
+
+
+def test_duplicate_step_names_are_rejected() -> None:
+    with pytest.raises(ValueError, match="step name 'a' is used twice"):
+        flow([{"name": "a", "action": "getIncident"}, {"name": "a", "action": "getIncident"}])
+
+
+async def test_steps_run_in_order_with_results_feeding_templates(
+    manifest: Manifest, make_ctx: MakeCtx, pd: respx.MockRouter
+) -> None:
+    incident = {"incident": {"id": "Q1P5", "title": "Server is on fire"}}
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=incident)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    ctx = make_ctx()
+    the_flow = flow(
+        [
+            {
+                "name": "get",
+                "action": "getIncident",
+                "inputs": {"id": "{{ trigger.event.data.id }}"},
+            },
+            {
+                "name": "low",
+                "action": "listIncidents",
+                "when": "trigger.event.data.urgency == 'low'",
+            },
+            {
+                "name": "note",
+                "action": "createIncidentNote",
+                "inputs": {
+                    "id": "{{ steps.get.data.incident.id }}",
+                    "note": "Seen: {{ steps.get.data.incident.title }}",
+                },
+            },
+        ]
+    )
+    status, records = await run_flow(
+        the_flow, manifest, TRIGGER, lambda key, inputs: run_step(ctx, key, inputs)
+    )
+    assert status == "succeeded", records
+    assert [(r["name"], r["status"]) for r in records] == [
+        ("get", "succeeded"),
+        ("low", "skipped"),
+        ("note", "succeeded"),
+    ]
+    assert records[2]["inputs"] == {"id": "Q1P5", "note": "Seen: Server is on fire"}
+    assert json.loads(note.calls.last.request.content) == {
+        "note": {"content": "Seen: Server is on fire"}
+    }
+
+
+async def test_on_error_stop_and_continue(
+    manifest: Manifest, make_ctx: MakeCtx, pd: respx.MockRouter
+) -> None:
+    pd.get(f"{REST}/incidents/GONE").respond(404, json={"error": {"message": "Not Found"}})
+    listing = pd.get(f"{REST}/priorities").respond(json={"priorities": []})
+    ctx = make_ctx()
+
+    async def go(on_error: str) -> tuple[str, list[dict[str, Any]]]:
+        steps = [
+            {"name": "get", "action": "getIncident", "inputs": {"id": "GONE"}, "onError": on_error},
+            {"name": "after", "action": "listPriorities"},
+        ]
+        return await run_flow(flow(steps), manifest, TRIGGER, lambda k, i: run_step(ctx, k, i))
+
+    status, records = await go("stop")
+    assert status == "failed" and [r["name"] for r in records] == ["get"]
+    assert records[0]["error"] == "PagerDutyError: GET /incidents/GONE: HTTP 404: Not Found"
+    assert not listing.called
+    status, records = await go("continue")
+    assert status == "succeeded" and [r["status"] for r in records] == ["failed", "succeeded"]

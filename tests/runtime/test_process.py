@@ -1,0 +1,112 @@
+"""``pdc serve`` as a real process: a SIGKILLed server resumes what it had recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from cryptography.fernet import Fernet
+from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
+from pagerduty_connector.triggers.signature import sign
+
+from tests.support.runtime import EVENT, FLOW, make_connection
+
+ADMIN = "process-admin-token-7788"
+API_KEY = "u+PROCESS-key-1234"
+
+
+def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def pagerduty() -> Iterator[LocalPagerDuty]:
+    with running(first_get_delay=60) as server:
+        yield server
+
+
+def test_sigkilled_server_resumes_a_recorded_execution(
+    tmp_path: Path, pagerduty: LocalPagerDuty
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PDC_DATA_DIR": str(tmp_path),
+        "PDC_ADMIN_TOKEN": ADMIN,
+        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
+        "PDC_PUBLIC_URL": base,
+        "PDC_PORT": str(port),
+        "PAGERDUTY_API_URL": pagerduty.url,
+    }
+    logs = tmp_path / "server.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with logs.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"],
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+
+    api = httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    server = start()
+    try:
+        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to start")
+        make_connection(api, API_KEY)
+        deployed = api.post(
+            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+        )
+        assert deployed.status_code == 201, deployed.text
+        (secret,) = pagerduty.subscriptions.secrets.values()
+        body = json.dumps(EVENT).encode()
+        answer = api.post(
+            "/webhooks/acme/on-incident",
+            content=body,
+            headers={"X-Webhook-Id": "kill-1", "X-PagerDuty-Signature": sign(body, secret)},
+        )
+        assert answer.status_code == 202
+        execution = answer.json()["execution"]
+        _wait(
+            lambda: ("GET", "/incidents/Q1P5") in pagerduty.requests, 30, "the first step to start"
+        )
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+
+        server = start()
+        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
+        record = _wait(
+            lambda: (
+                (r := api.get(f"/api/executions/{execution}").json())["status"]
+                in ("succeeded", "failed")
+                and r
+            ),
+            30,
+            "the resumed execution to finish",
+        )
+        assert record["status"] == "succeeded", record
+        assert pagerduty.requests.count(("POST", "/incidents/Q1P5/notes")) == 1
+        assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        api.close()

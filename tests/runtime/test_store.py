@@ -1,0 +1,156 @@
+"""Settings, encryption at rest and the store, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.script import ScriptDirectory
+from pagerduty_connector.component.errors import ConfigurationError
+from pagerduty_connector.runtime.crypto import SecretBox
+from pagerduty_connector.runtime.settings import load_settings
+from pagerduty_connector.runtime.store import (
+    ConnectionRow,
+    ExecutionRow,
+    Store,
+    alembic_config,
+    new_id,
+    now,
+    select,
+)
+from pagerduty_connector.runtime.store.writer import ExecutionWriter
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+
+def test_development_secrets_are_generated_private(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    token_file, key_file = tmp_path / "admin-token", tmp_path / "secret-key"
+    assert token_file.read_text() == settings.admin_token
+    assert key_file.read_text() == settings.secret_key
+    for path in (token_file, key_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_settings(data_dir=tmp_path)
+    assert (again.admin_token, again.secret_key) == (settings.admin_token, settings.secret_key)
+    assert settings.resolved_database_url() == f"sqlite+aiosqlite:///{tmp_path.resolve()}/pdc.db"
+
+
+def test_production_refuses_to_start_without_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PDC_ENV=production needs PDC_ADMIN_TOKEN"):
+        load_settings(env="production", data_dir=tmp_path)
+    assert not (tmp_path / "admin-token").exists()
+
+
+def test_bad_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="PDC_SECRET_KEY is not a Fernet key"):
+        load_settings(data_dir=tmp_path, admin_token="t", secret_key="short")
+    with pytest.raises(ConfigurationError, match="PDC_FLOW_CONCURRENCY"):
+        load_settings(data_dir=tmp_path, flow_concurrency=0)
+
+
+def test_secret_box_round_trip_and_wrong_key() -> None:
+    box = SecretBox(load_settings(admin_token="t", secret_key=_key()).secret_key or "")
+    sealed = box.seal({"apiKey": "u+plaintext-key"})
+    assert "plaintext" not in sealed
+    assert box.open(sealed) == {"apiKey": "u+plaintext-key"}
+    with pytest.raises(ConfigurationError, match="cannot be decrypted"):
+        SecretBox(_key()).open(sealed)
+
+
+def _key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+async def test_migrations_are_idempotent_and_secrets_are_sealed_at_rest(store: Store) -> None:
+    await store.migrate()  # a second upgrade changes nothing
+    box = SecretBox(_key())
+    async with store.session() as db:
+        db.add(
+            ConnectionRow(
+                name="ops", type="pagerduty-api-key", secrets=box.seal({"apiKey": "u+SEKRIT"})
+            )
+        )
+        await db.commit()
+    async with store.engine.connect() as raw:
+        rows = (await raw.execute(text("SELECT name, secrets FROM connections"))).all()
+        revision = (await raw.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    assert rows[0][0] == "ops" and "SEKRIT" not in rows[0][1]
+    assert revision == ScriptDirectory.from_config(alembic_config()).get_current_head() == "0003"
+
+
+async def test_one_execution_per_webhook_id(store: Store) -> None:
+    async with store.session() as db:
+        db.add(ExecutionRow(instance_id="i1", flow="f", webhook_id="w-1", status="received"))
+        await db.commit()
+    with pytest.raises(IntegrityError):
+        async with store.session() as db:
+            db.add(ExecutionRow(instance_id="i1", flow="f", webhook_id="w-1", status="received"))
+            await db.commit()
+    async with store.session() as db:
+        db.add(ExecutionRow(instance_id="i2", flow="f", webhook_id="w-1", status="received"))
+        await db.commit()
+        count = len((await db.execute(select(ExecutionRow))).scalars().all())
+    assert count == 2
+
+
+def _row(webhook_id: str | None) -> dict[str, Any]:
+    """An execution row as intake writes it."""
+    received = now()
+    return {
+        "id": new_id(),
+        "instance_id": "acme",
+        "flow": "on-incident",
+        "webhook_id": webhook_id,
+        "status": "received",
+        "reason": None,
+        "received_body": "{}",
+        "headers": {"x-webhook-id": webhook_id},
+        "response_status": 202,
+        "trigger": {"event": {"event_type": "incident.triggered"}},
+        "steps": [],
+        "error": None,
+        "received_at": received,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> None:
+    writer = ExecutionWriter(store)
+
+    first, again, other, untagged = _row("wh-1"), _row("wh-1"), _row("wh-2"), _row(None)
+    # Queued together, so they are written in one batch: the repeat inside it is refused.
+    results = await asyncio.gather(*(writer.record(r) for r in (first, again, other, untagged)))
+    assert results == [True, False, True, True]
+    assert await writer.record(_row("wh-2")) is False  # a later batch sees the stored one
+    await writer.update(first["id"], {"status": "succeeded", "steps": [{"name": "a"}]})
+    await writer.close()
+    async with store.session() as db:
+        rows = (await db.execute(select(ExecutionRow))).scalars().all()
+        stored = {r.id: r for r in rows}
+    assert set(stored) == {first["id"], other["id"], untagged["id"]}
+    assert stored[first["id"]].status == "succeeded"
+    assert stored[first["id"]].steps == [{"name": "a"}]
+    assert stored[first["id"]].trigger == {"event": {"event_type": "incident.triggered"}}
+    assert stored[other["id"]].received_at is not None
+
+
+async def test_a_dead_sqlite_writer_process_is_replaced(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
+    await store.migrate()
+    writer = ExecutionWriter(store)
+    assert await writer.record(_row("wh-1")) is True
+    assert writer._sqlite is not None and writer._sqlite._process is not None
+    first = writer._sqlite._process
+    first.kill()
+    await first.wait()
+    assert await writer.record(_row("wh-2")) is True  # a new writer process took over
+    assert writer._sqlite._process.pid != first.pid
+    assert await writer.record(_row("wh-1")) is False  # and sees what the first stored
+    await writer.close()
+    await store.close()

@@ -1,0 +1,99 @@
+"""What the runtime tests share: a flow, an event, and helpers to drive the API.
+
+The fixtures that start the runtime (``runtime_settings``, ``subs``, ``api``) live
+in ``conftest.py``; these are the plain values and functions they and the tests use.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.triggers.signature import sign
+from starlette.testclient import TestClient
+
+API_KEY = "u+RUNTIME-secret-key-5566"
+ADMIN = "admin-token-for-tests-0001"
+PUBLIC = "https://pdc.example.com"
+INCIDENT = {"incident": {"id": "Q1P5", "title": "Server is on fire", "urgency": "high"}}
+EVENT = {
+    "event": {
+        "id": "01DEN0M0L0OCDNR0CDEVP4SRGH",
+        "event_type": "incident.triggered",
+        "resource_type": "incident",
+        "occurred_at": "2024-01-15T10:30:00.000Z",
+        "agent": None,
+        "client": None,
+        "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
+    }
+}
+FLOW = {
+    "name": "on-incident",
+    "trigger": {
+        "type": "incidentsTrigger",
+        "inputs": {
+            "events": ["incident.triggered"],
+            "webhookDescription": "ops",
+            "filterType": "account_reference",
+        },
+    },
+    "steps": [
+        {
+            "name": "incident",
+            "action": "getIncident",
+            "inputs": {"id": "{{ trigger.event.data.id }}"},
+        },
+        {
+            "name": "note",
+            "action": "createIncidentNote",
+            "inputs": {
+                "id": "{{ steps.incident.data.incident.id }}",
+                "note": "Investigating: {{ steps.incident.data.incident.title }}",
+            },
+        },
+    ],
+}
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def drain(client: TestClient) -> None:
+    client.portal.call(client.app.state.engine.drain)  # type: ignore[union-attr]
+
+
+def make_connection(api: httpx2.Client, key: str = API_KEY) -> dict[str, Any]:
+    """Create the API-key connection ``ops`` (a TestClient or a client of a real server)."""
+    answer = api.post(
+        "/api/connections",
+        json={
+            "name": "ops",
+            "type": "pagerduty-api-key",
+            "config": {"apiKey": key, "from": "oncall@example.com"},
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def secret_for(subs: FakeSubscriptions, path: str) -> str:
+    """The signing secret PagerDuty gave the subscription delivering to ``path``."""
+    url = f"{PUBLIC}{path}"
+    sub_id = next(i for i, s in subs.subscriptions.items() if s["delivery_method"]["url"] == url)
+    return subs.secrets[sub_id]
+
+
+def deliver(
+    api: TestClient,
+    subs: FakeSubscriptions,
+    path: str,
+    webhook_id: str = "wh-1",
+    event: dict[str, Any] = EVENT,
+) -> httpx2.Response:
+    """Post ``event`` to ``path`` signed as PagerDuty would sign it."""
+    body = json.dumps(event).encode()
+    headers = {
+        "X-Webhook-Id": webhook_id,
+        "X-PagerDuty-Signature": sign(body, secret_for(subs, path)),
+    }
+    return api.post(path, content=body, headers=headers)
