@@ -10,12 +10,12 @@ from pagerduty_connector.component.client import ClientSettings
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.component.registry import check_implementations
-from pagerduty_connector.runtime.api import EXCEPTION_HANDLERS, ROUTES, AdminAuth
 from pagerduty_connector.runtime.engine import Engine
+from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS
+from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 
 log = get_logger("app")
 
@@ -49,7 +49,6 @@ def create_app(
 
     return Starlette(
         routes=ROUTES,
-        middleware=[Middleware(AdminAuth)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -1,0 +1,213 @@
+"""Connections: create (an API key is checked with PagerDuty first), read, rotate, delete.
+
+Secrets are sealed at rest and shown as ``***``, never returned.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pagerduty_connector.component.errors import (
+    InputError,
+    PagerDutyError,
+)
+from pagerduty_connector.component.inputs import clean_inputs
+from pagerduty_connector.component.redact import MASK
+from pagerduty_connector.runtime.engine import Engine
+from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse
+from pagerduty_connector.runtime.oauth import OAUTH_TYPE, consent_url, oauth_status
+from pagerduty_connector.runtime.store import (
+    ConnectionRow,
+    InstanceRow,
+    now,
+    select,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConnectionIn(BaseModel):
+    """A connection to create: its name, type and input values."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME.pattern)
+    type: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def connection_view(engine: Engine, row: ConnectionRow) -> dict[str, Any]:
+    """A connection as the API shows it: secrets masked, never returned."""
+    secret_keys = engine.box.open(row.secrets).keys()
+    view = {
+        "id": row.id,
+        "name": row.name,
+        "type": row.type,
+        "config": {k: v for k, v in row.config.items() if k != "oauth"},
+        "secrets": {key: MASK for key in sorted(secret_keys)},
+        "createdAt": row.created_at.isoformat(),
+        "updatedAt": row.updated_at.isoformat(),
+    }
+    if row.type == OAUTH_TYPE:
+        view["oauth"] = {**oauth_status(row), "consentUrl": consent_url(engine, row.id)}
+    return view
+
+
+def split_connection_inputs(
+    engine: Engine, type_key: str, values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Clean a connection's inputs; return ``(plain config, secrets)``."""
+    declared = next((c for c in engine.manifest.connections if c.key == type_key), None)
+    if declared is None:
+        known = ", ".join(c.key for c in engine.manifest.connections)
+        raise InputError("connection", "type", f"unknown connection type (known: {known})")
+    cleaned = clean_inputs(type_key, declared.inputs, values)
+    secret = {i.key for i in declared.inputs if i.secret}
+    plain = {k: v for k, v in cleaned.items() if k not in secret and v is not None}
+    return plain, {k: v for k, v in cleaned.items() if k in secret and v is not None}
+
+
+async def verify_api_key(engine: Engine, row: ConnectionRow) -> None:
+    """Ask PagerDuty ``GET /abilities``; a rejected key is a clear 400, nothing stored."""
+    if row.type != "pagerduty-api-key":
+        return
+    async with engine.client(engine.connection_config(row)) as client:
+        try:
+            await client.request("GET", "/abilities")
+        except PagerDutyError as exc:
+            if exc.status in (401, 403):
+                raise InputError(
+                    "connection",
+                    "apiKey",
+                    f"PagerDuty rejected the API key (HTTP {exc.status}: {exc.message})",
+                ) from None
+            raise
+
+
+async def find_connection(engine: Engine, ref: str) -> ConnectionRow:
+    """A connection by id or name, or 404."""
+    async with engine.store.session() as db:
+        row = await db.get(ConnectionRow, ref)
+        if row is None:
+            query = select(ConnectionRow).where(ConnectionRow.name == ref)
+            row = (await db.execute(query)).scalar_one_or_none()
+    if row is None:
+        raise HTTPException(404, f"no connection '{ref}'")
+    return row
+
+
+async def create_connection(request: Request) -> JSONResponse:
+    """
+    summary: Create a connection (an API key is checked with PagerDuty first)
+    responses:
+      201: {description: the connection, secrets masked}
+      400: {description: invalid input or a key PagerDuty rejects}
+    """
+    engine = engine_of(request)
+    data: ConnectionIn = parse(ConnectionIn, await json_body(request))
+    plain, secrets = split_connection_inputs(engine, data.type, data.config)
+    if data.type == OAUTH_TYPE:
+        plain["oauth"] = {"status": "needs_consent", "reason": "consent was never given"}
+    row = ConnectionRow(
+        name=data.name, type=data.type, config=plain, secrets=engine.box.seal(secrets)
+    )
+    await verify_api_key(engine, row)
+    async with engine.store.session() as db:
+        db.add(row)
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise HTTPException(409, f"a connection named '{data.name}' exists") from None
+    return JSONResponse(connection_view(engine, row), status_code=201)
+
+
+async def list_connections(request: Request) -> JSONResponse:
+    """
+    summary: List connections (secrets masked)
+    responses:
+      200: {description: connections}
+    """
+    query = select(ConnectionRow).order_by(ConnectionRow.name)
+    return await listed(engine_of(request), query, connection_view)
+
+
+async def get_connection(request: Request) -> JSONResponse:
+    """
+    summary: Read one connection (secrets masked)
+    responses:
+      200: {description: the connection}
+      404: {description: no such connection}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    return JSONResponse(connection_view(engine, row))
+
+
+async def update_connection(request: Request) -> JSONResponse:
+    """
+    summary: Update a connection's inputs, e.g. rotate its key (checked with PagerDuty)
+    responses:
+      200: {description: the updated connection}
+      400: {description: invalid input or a key PagerDuty rejects; nothing changed}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    body = await json_body(request)
+    declared = next(c for c in engine.manifest.connections if c.key == row.type)
+    keys = {i.key for i in declared.inputs}
+    stored_secrets = engine.box.open(row.secrets)
+    merged = {
+        **{k: v for k, v in row.config.items() if k in keys},
+        **{k: v for k, v in stored_secrets.items() if k in keys},
+        **(body.get("config") or {}),
+    }
+    plain, secrets = split_connection_inputs(engine, row.type, merged)
+    # Tokens from consent and the consent status are not inputs; they stay as they are.
+    kept = {k: v for k, v in stored_secrets.items() if k not in keys}
+    status = {k: v for k, v in row.config.items() if k == "oauth"}
+    candidate = ConnectionRow(
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        config={**plain, **status},
+        secrets=engine.box.seal({**secrets, **kept}),
+    )
+    await verify_api_key(engine, candidate)
+    async with engine.store.session() as db:
+        stored = await db.get(ConnectionRow, row.id)
+        assert stored is not None
+        stored.config, stored.secrets, stored.updated_at = (
+            candidate.config,
+            candidate.secrets,
+            now(),
+        )
+        await db.commit()
+        engine.intake.clear()
+        return JSONResponse(connection_view(engine, stored))
+
+
+async def delete_connection(request: Request) -> Response:
+    """
+    summary: Delete a connection no deployed instance uses
+    responses:
+      204: {description: deleted}
+      409: {description: instances use it (named in the message)}
+    """
+    engine = engine_of(request)
+    row = await find_connection(engine, request.path_params["ref"])
+    async with engine.store.session() as db:
+        query = select(InstanceRow.id).where(InstanceRow.connection_id == row.id)
+        users = sorted((await db.execute(query)).scalars())
+        if users:
+            raise HTTPException(
+                409, f"connection '{row.name}' is used by instances: {', '.join(users)}"
+            )
+        stored = await db.get(ConnectionRow, row.id)
+        await db.delete(stored)
+        await db.commit()
+    return Response(status_code=204)

@@ -1,0 +1,250 @@
+"""Instances: deploy (validated, then the triggers' deploy hooks), read, redeploy,
+enable and disable, tear down, and test a flow with a sample payload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pagerduty_connector.component.errors import (
+    ComponentError,
+    DeployError,
+    InputError,
+)
+from pagerduty_connector.component.redact import get_logger, redact
+from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime.deploy import (
+    deploy_triggers,
+    require_connection,
+    subscribed_flows,
+    teardown_triggers,
+    undo_deploy,
+)
+from pagerduty_connector.runtime.engine import Engine
+from pagerduty_connector.runtime.flows import Flow, validate_flow
+from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
+from pagerduty_connector.runtime.oauth import check_scopes
+from pagerduty_connector.runtime.routes.connections import NAME, find_connection
+from pagerduty_connector.runtime.routes.webhooks import flow_of, record
+from pagerduty_connector.runtime.store import (
+    ConnectionRow,
+    InstanceRow,
+    now,
+    select,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+log = get_logger("instances")
+
+
+class InstanceIn(BaseModel):
+    """An instance to deploy: name, connection, flows and whether it is enabled."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME.pattern)
+    connection: str | None = None
+    enabled: bool = True
+    flows: list[Flow] = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def instance_view(engine: Engine, row: InstanceRow) -> dict[str, Any]:
+    """An instance with its webhook URLs (one per flow)."""
+    return {
+        "name": row.id,
+        "enabled": row.enabled,
+        "connection": row.connection_id,
+        "flows": row.flows,
+        "config": row.config,
+        "webhookUrls": {f["name"]: engine.webhook_url(row.id, f["name"]) for f in row.flows},
+        "state": row.state,
+        "createdAt": row.created_at.isoformat(),
+        "updatedAt": row.updated_at.isoformat(),
+    }
+
+
+async def _validated_instance(engine: Engine, data: InstanceIn) -> tuple[str | None, list[str]]:
+    """Validate every flow, step and input; return the connection id and warnings."""
+    names = [f.name for f in data.flows]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise InputError(data.name, "flows", f"flow name '{duplicate}' is used twice")
+    warnings = [w for flow in data.flows for w in validate_flow(flow, engine.manifest)]
+    if data.connection is None:
+        return None, warnings
+    connection = await find_connection(engine, data.connection)
+    check_scopes(connection, scopes_needed(engine, data.flows))
+    return connection.id, warnings
+
+
+def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
+    """Where each OAuth scope is needed: every step's action and every subscribed trigger."""
+    needs: dict[str, str] = {}
+    for flow in flows:
+        trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
+        if trigger.scope and subscribed_flows([{"trigger": {"type": trigger.key}}]):
+            needs[f"flow '{flow.name}' trigger"] = trigger.scope
+        for step in flow.steps:
+            scope = getattr(engine.manifest.runnable(step.action), "scope", None)
+            if scope:
+                needs[f"flow '{flow.name}' step '{step.name}'"] = scope
+    return needs
+
+
+async def _deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
+    """Run the triggers' deploy hooks and commit; undo what they created if that fails."""
+    require_connection(row)
+    result = await deploy_triggers(engine, db, row)
+    try:
+        await db.commit()
+        engine.intake.forget(row.id)
+    except Exception:
+        await db.rollback()
+        connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
+        if connection is not None:
+            await undo_deploy(engine, connection, result)
+        raise
+    return result.log
+
+
+def _deployed_view(engine: Engine, row: InstanceRow, log: list[str], warnings: list[str]) -> Any:
+    return {**instance_view(engine, row), "deploy": {"log": log, "warnings": warnings}}
+
+
+async def deploy_instance(request: Request) -> JSONResponse:
+    """
+    summary: Deploy an instance (JSON or YAML; every flow, step and input validated first)
+    responses:
+      201: {description: the instance with its webhook URLs and what the deploy did}
+      400: {description: a flow, step or input is invalid; nothing stored}
+      502: {description: PagerDuty refused a subscription; what the deploy created was removed}
+    """
+    engine = engine_of(request)
+    data: InstanceIn = parse(InstanceIn, await json_body(request))
+    connection_id, warnings = await _validated_instance(engine, data)
+    row = InstanceRow(
+        id=data.name,
+        enabled=data.enabled,
+        connection_id=connection_id,
+        flows=[f.model_dump() for f in data.flows],
+        config=data.config,
+        state={"deployed": True},
+    )
+    async with engine.store.session() as db:
+        if await db.get(InstanceRow, data.name):
+            raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
+        db.add(row)
+        log = await _deploy(engine, db, row)
+    return JSONResponse(_deployed_view(engine, row, log, warnings), status_code=201)
+
+
+async def redeploy_instance(request: Request) -> JSONResponse:
+    """
+    summary: Update and redeploy an instance (JSON or YAML)
+    responses:
+      200: {description: the redeployed instance}
+      400: {description: invalid; the deployed instance is unchanged}
+      502: {description: PagerDuty refused; the deployed instance is unchanged}
+    """
+    engine = engine_of(request)
+    name = request.path_params["name"]
+    data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
+    connection_id, warnings = await _validated_instance(engine, data)
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, name, "instance")
+        row.enabled, row.connection_id = data.enabled, connection_id
+        row.flows = [f.model_dump() for f in data.flows]
+        row.config, row.updated_at, row.state = data.config, now(), {"deployed": True}
+        log = await _deploy(engine, db, row)
+        return JSONResponse(_deployed_view(engine, row, log, warnings))
+
+
+async def list_instances(request: Request) -> JSONResponse:
+    """
+    summary: List instances
+    responses:
+      200: {description: instances}
+    """
+    query = select(InstanceRow).order_by(InstanceRow.id)
+    return await listed(engine_of(request), query, instance_view)
+
+
+async def get_instance(request: Request) -> JSONResponse:
+    """
+    summary: Read one instance and its webhook URLs
+    responses:
+      200: {description: the instance}
+      404: {description: no such instance}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
+    return JSONResponse(instance_view(engine, row))
+
+
+async def set_enabled(request: Request) -> JSONResponse:
+    """
+    summary: Enable or disable an instance
+    responses:
+      200: {description: the instance}
+    """
+    engine = engine_of(request)
+    action = request.path_params["action"]
+    if action not in ("enable", "disable"):
+        raise HTTPException(404, f"unknown instance action '{action}' (enable or disable)")
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
+        row.enabled, row.updated_at = action == "enable", now()
+        await db.commit()
+        engine.intake.forget(row.id)
+        return JSONResponse(instance_view(engine, row))
+
+
+async def delete_instance(request: Request) -> Response:
+    """
+    summary: Tear down and delete an instance (its executions are kept)
+    responses:
+      204: {description: deleted, with every webhook subscription it had}
+      502: {description: teardown incomplete; the instance is kept, disabled, with the reason}
+    """
+    engine = engine_of(request)
+    name = request.path_params["name"]
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, name, "instance")
+        try:
+            await teardown_triggers(engine, db, row)
+        except ComponentError as exc:
+            await db.rollback()
+            reason = f"teardown of instance '{name}' is incomplete: {exc}"
+            row = await db.get(InstanceRow, name)
+            assert row is not None
+            row.enabled, row.updated_at = False, now()
+            row.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
+            await db.commit()
+            engine.intake.forget(name)
+            advice = "the instance is disabled; retry DELETE to finish"
+            raise DeployError(f"{reason}; {advice}") from None
+        await db.delete(row)
+        await db.commit()
+    engine.intake.forget(name)
+    return Response(status_code=204)
+
+
+async def test_flow(request: Request) -> JSONResponse:
+    """
+    summary: Run a flow now with a sample trigger payload (no signature; admin only)
+    responses:
+      202: {description: recorded; the flow runs in the background}
+      400: {description: the payload is not what the flow's trigger accepts}
+    """
+    engine = engine_of(request)
+    params = request.path_params
+    engine.intake.forget(params["name"])
+    target, flow = await flow_of(engine, params["name"], params["flow"])
+    body = await request.body()
+    output = TRIGGERS[flow["trigger"]["type"]].parse(body, {})
+    return await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output)
