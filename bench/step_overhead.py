@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import httpx2
+
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
 from pagerduty_connector.component.manifest import load_manifest

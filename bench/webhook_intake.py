@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx2
 from cryptography.fernet import Fernet
+
 from pagerduty_connector.component.standin.server import free_port, serve
 from pagerduty_connector.triggers.signature import sign
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
 from pagerduty_connector.component.errors import ComponentError
@@ -25,9 +29,6 @@ from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import check_implementations
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 app = typer.Typer(
     help="PagerDuty connector: list, describe and run its actions from a terminal.",

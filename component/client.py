@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 import certifi
 import httpx2
+
 from pagerduty_connector.component.errors import ConfigurationError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, register_secret
 from pagerduty_connector.connections import ConnectionConfig

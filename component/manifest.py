@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pagerduty_connector.component.errors import ManifestError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pagerduty_connector.component.errors import ManifestError
 
 # Package data of the import root (the repository root in a checkout), read through
 # importlib.resources so an installed wheel finds them too.

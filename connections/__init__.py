@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx2
+
 from pagerduty_connector.component.errors import ConfigurationError
 
 Region = Literal["us", "eu"]

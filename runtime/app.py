@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx2
+from starlette.applications import Starlette
+
 from pagerduty_connector.component.client import ClientSettings
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
@@ -15,7 +17,6 @@ from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS
 from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
-from starlette.applications import Starlette
 
 log = get_logger("app")
 

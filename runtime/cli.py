@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from pagerduty_connector.component.cli import app, fail
 from pagerduty_connector.component.errors import ComponentError
 
@@ -23,6 +24,7 @@ def serve(
     import logging
 
     import uvicorn
+
     from pagerduty_connector.runtime.app import create_app
     from pagerduty_connector.runtime.settings import load_settings
 

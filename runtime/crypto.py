@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
+
 from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.component.redact import register_secret
 

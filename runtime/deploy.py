@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.store import ConnectionRow, InstanceRow, SubscriptionRow, select
@@ -23,8 +26,6 @@ from pagerduty_connector.triggers.subscriptions import (
     sync_subscriptions,
     undo_created,
 )
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
 
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.engine import Engine

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
+
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
 from pagerduty_connector.component.errors import ComponentError, ConfigurationError
@@ -21,10 +22,10 @@ from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
+from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.flows import Flow, run_flow
 from pagerduty_connector.runtime.intake import IntakeCache
-from pagerduty_connector.runtime.oauth import OAUTH_TYPE, RefreshingAuth, TokenManager
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
@@ -35,6 +36,7 @@ from pagerduty_connector.runtime.store import (
     select,
 )
 from pagerduty_connector.runtime.store.writer import ExecutionWriter
+from pagerduty_connector.runtime.tokens import TokenManager
 
 log = get_logger("engine")
 

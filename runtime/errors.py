@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
 from pagerduty_connector.component.errors import (
     ComponentError,
     ConfigurationError,
@@ -17,9 +21,6 @@ from pagerduty_connector.component.errors import (
     SignatureError,
 )
 from pagerduty_connector.component.redact import get_logger, redact
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 log = get_logger("api")
 

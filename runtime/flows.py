@@ -16,12 +16,13 @@ from typing import Any, Literal
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from pagerduty_connector.component.errors import ComponentError, InputError
 from pagerduty_connector.component.inputs import clean_inputs
 from pagerduty_connector.component.manifest import InputType, Manifest
 from pagerduty_connector.component.redact import MASK, redact
 from pagerduty_connector.component.registry import TRIGGERS
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _DataEnvironment(SandboxedEnvironment):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hmac
 
-from pagerduty_connector.runtime.errors import error_response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pagerduty_connector.runtime.errors import error_response
 
 
 class AdminAuth:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.fernet import Fernet
-from pagerduty_connector.component.errors import ConfigurationError
-from pagerduty_connector.component.redact import get_logger, register_secret
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pagerduty_connector.component.errors import ConfigurationError
+from pagerduty_connector.component.redact import get_logger, register_secret
 
 log = get_logger("settings")
 

@@ -29,6 +29,8 @@ import httpx2
 import pytest
 import respx
 from cryptography.fernet import Fernet
+from starlette.testclient import TestClient
+
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient, RetryPolicy
 from pagerduty_connector.component.context import StepContext
 from pagerduty_connector.component.manifest import Manifest, load_manifest
@@ -39,8 +41,6 @@ from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.runtime.store import Store
-from starlette.testclient import TestClient
-
 from tests.support.openapi import validate_request
 from tests.support.runtime import ADMIN, AUTH, PUBLIC
 

@@ -37,7 +37,7 @@ HTTP_CLIENTS = {
 }
 ALLOWED_CLIENTS = {
     "component/client.py": {"httpx2.AsyncClient"},
-    "runtime/oauth.py": {"authlib.integrations.httpx_client.AsyncOAuth2Client"},
+    "runtime/tokens.py": {"authlib.integrations.httpx_client.AsyncOAuth2Client"},
 }
 
 

@@ -7,15 +7,16 @@ Handler docstrings are the OpenAPI operations served at ``/openapi.json``.
 
 from __future__ import annotations
 
-from pagerduty_connector.runtime import oauth
-from pagerduty_connector.runtime.middleware import AdminAuth
-from pagerduty_connector.runtime.routes import component, connections, executions, instances
-from pagerduty_connector.runtime.routes.webhooks import health, receive_webhook
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.schemas import SchemaGenerator
+
+from pagerduty_connector.runtime import consent
+from pagerduty_connector.runtime.middleware import AdminAuth
+from pagerduty_connector.runtime.routes import component, connections, executions, instances
+from pagerduty_connector.runtime.routes.webhooks import health, receive_webhook
 
 schemas = SchemaGenerator(
     {"openapi": "3.0.3", "info": {"title": "PagerDuty connector runtime", "version": "0.1.0"}}
@@ -50,8 +51,8 @@ ROUTES: list[BaseRoute] = [
     # First, because routes are matched in order and deliveries are the hot path.
     Route("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
-    Route("/connections/{id}/oauth/start", oauth.start, methods=["GET"]),
-    Route("/oauth/callback", oauth.callback, methods=["GET"]),
+    Route("/connections/{id}/oauth/start", consent.start, methods=["GET"]),
+    Route("/oauth/callback", consent.callback, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
     Mount("/api", routes=API, middleware=[Middleware(AdminAuth)]),
 ]

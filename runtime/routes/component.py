@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pagerduty_connector.component.schema import component_document
-from pagerduty_connector.runtime.http import engine_of
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from pagerduty_connector.component.schema import component_document
+from pagerduty_connector.runtime.http import engine_of
 
 
 async def component_spec(request: Request) -> JSONResponse:

@@ -8,26 +8,29 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from pagerduty_connector.component.errors import (
     InputError,
     PagerDutyError,
 )
 from pagerduty_connector.component.inputs import clean_inputs
 from pagerduty_connector.component.redact import MASK
+from pagerduty_connector.connections.oauth import OAUTH_TYPE
+from pagerduty_connector.runtime.consent import consent_url
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse
-from pagerduty_connector.runtime.oauth import OAUTH_TYPE, consent_url, oauth_status
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     InstanceRow,
     now,
     select,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import IntegrityError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from pagerduty_connector.runtime.tokens import oauth_status
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
 from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404
 from pagerduty_connector.runtime.routes.connections import find_connection
 from pagerduty_connector.runtime.store import (
     ExecutionRow,
     select,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 
 def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:

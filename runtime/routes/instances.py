@@ -6,6 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from pagerduty_connector.component.errors import (
     ComponentError,
     DeployError,
@@ -23,7 +29,6 @@ from pagerduty_connector.runtime.deploy import (
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow, validate_flow
 from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
-from pagerduty_connector.runtime.oauth import check_scopes
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, record
 from pagerduty_connector.runtime.store import (
@@ -32,11 +37,7 @@ from pagerduty_connector.runtime.store import (
     now,
     select,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from pagerduty_connector.runtime.tokens import check_scopes
 
 log = get_logger("instances")
 

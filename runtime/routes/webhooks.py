@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.engine import Engine, Known
@@ -13,9 +17,6 @@ from pagerduty_connector.runtime.store import (
     new_id,
     now,
 )
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
 _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization"}

@@ -12,6 +12,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy import select as _select
+from sqlalchemy.engine import Connection as SyncConnection
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
 from pagerduty_connector.runtime.store.models import (
     Base,
     ConnectionRow,
@@ -22,11 +28,6 @@ from pagerduty_connector.runtime.store.models import (
     new_id,
     now,
 )
-from sqlalchemy import event
-from sqlalchemy import select as _select
-from sqlalchemy.engine import Connection as SyncConnection
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 __all__ = [
     "Base",

@@ -16,10 +16,11 @@ import pickle
 import sys
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.dialects import postgresql, sqlite
+
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.runtime.store.models import ExecutionRow
 from pagerduty_connector.runtime.store.sqlite_writer import frame
-from sqlalchemy.dialects import postgresql, sqlite
 
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.store import Store

@@ -11,9 +11,9 @@ from typing import Any
 import httpx2
 import pytest
 import respx
+
 from pagerduty_connector.component.errors import InputError, PagerDutyError
 from pagerduty_connector.component.manifest import Manifest
-
 from tests.conftest import API_KEY, EVENTS, REST, FakeClock
 from tests.support.examples import examples
 from tests.support.paging import PagedList

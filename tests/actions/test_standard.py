@@ -16,8 +16,8 @@ from typing import Any
 import httpx2
 import pytest
 import respx
-from pagerduty_connector.component.manifest import Manifest, load_manifest
 
+from pagerduty_connector.component.manifest import Manifest, load_manifest
 from tests.conftest import API_KEY, REST
 from tests.support.examples import examples
 from tests.support.openapi import example_response, required_scope, requires_from

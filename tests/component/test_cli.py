@@ -14,11 +14,11 @@ from typing import Any
 import httpx2
 import pytest
 import respx
+from typer.testing import CliRunner
+
 from pagerduty_connector.component.cli import app
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.standin.server import serve
-from typer.testing import CliRunner
-
 from tests.conftest import API_KEY, REST
 from tests.support.openapi import example_response, validate_request
 

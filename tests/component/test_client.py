@@ -8,10 +8,10 @@ from typing import Any
 import httpx2
 import pytest
 import respx
+
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient, RetryPolicy
 from pagerduty_connector.component.errors import ConfigurationError, InputError, PagerDutyError
 from pagerduty_connector.connections import ConnectionConfig
-
 from tests.conftest import API_KEY, FROM, REST, FakeClock, MakeCtx
 
 INCIDENT = {"incident": {"id": "PT4KHLK", "title": "Disk full"}}

@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from pagerduty_connector.component import registry
 from pagerduty_connector.component.errors import ManifestError
 from pagerduty_connector.component.manifest import (
@@ -23,7 +24,6 @@ from pagerduty_connector.component.manifest import (
     resolve_refs,
 )
 from pagerduty_connector.component.registry import check_implementations
-
 from tests.support import SHARED
 
 REFERENCE = SHARED / "reference"

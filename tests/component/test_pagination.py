@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import respx
+
 from pagerduty_connector.component.client import ClientSettings
 from pagerduty_connector.component.pagination import fetch_all
-
 from tests.conftest import REST, FakeClock, MakeCtx
 from tests.support.paging import PagedList
 

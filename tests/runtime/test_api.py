@@ -14,13 +14,13 @@ import pytest
 import respx
 import yaml
 from cryptography.fernet import Fernet
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.runtime.store import Store
-from sqlalchemy import text
-from starlette.testclient import TestClient
-
 from tests.conftest import REST
 from tests.support.runtime import (
     ADMIN,

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import respx
 from jinja2.exceptions import SecurityError
+
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.runtime.flows import Flow, render, run_flow, validate_flow
-
 from tests.conftest import REST, MakeCtx
 
 TRIGGER = {

@@ -30,13 +30,14 @@ import pytest
 import respx
 import uvicorn
 from cryptography.fernet import Fernet
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+
 from pagerduty_connector.component.standin.server import free_port
 from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.consent import LINK_SALT
 from pagerduty_connector.runtime.crypto import SecretBox
-from pagerduty_connector.runtime.oauth import _link_signature
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.runtime.store import ConnectionRow, OAuthStateRow, Store, now, select
-
 from tests.conftest import REST, mount_subscriptions
 from tests.support import REPO
 from tests.support.openapi import validate_request
@@ -125,6 +126,12 @@ class World:
             return [box.open(r.verifier)["v"] for r in rows]
 
         return asyncio.run(read())
+
+    def advance(self, seconds: float) -> None:
+        """Move the runtime's token clock forward (instead of sleeping)."""
+        manager = self.app.state.engine.oauth
+        offset = manager.clock() - time.time() + seconds
+        manager.clock = lambda: time.time() + offset
 
     def trial(self) -> httpx2.Response:
         return self.api.post(
@@ -235,16 +242,31 @@ def test_consent_with_pkce_then_steps_and_refresh_with_rotation(
     created = world.connection()
     assert created["oauth"]["status"] == "needs_consent"
     start_url = created["oauth"]["consentUrl"]
-    assert start_url.startswith(f"{world.base}/connections/{created['id']}/oauth/start?expires=")
-    # The link is signed: without it, or with another signature, nothing starts.
-    unsigned = httpx2.get(start_url.split("?")[0])
-    forged = httpx2.get(start_url.rsplit("sig=", 1)[0] + "sig=" + "0" * 64)
-    assert (unsigned.status_code, forged.status_code) == (403, 403)
-    past = int(time.time()) - 1
-    engine = world.app.state.engine
-    signature = _link_signature(engine, created["id"], past)
-    old = f"{start_url.split('?')[0]}?expires={past}&sig={signature}"
-    assert "expired" in httpx2.get(old).json()["error"]["message"]
+    start_path = f"{world.base}/connections/{created['id']}/oauth/start"
+    assert start_url.startswith(f"{start_path}?link=")
+    # The link is signed: without it, with another signature, signed with another key,
+    # or signed for another connection, nothing starts.
+    token = start_url.split("?link=", 1)[1]
+    key = world.settings.secret_key or ""
+
+    def signed(value: str, secret: str = key, age: float = 0) -> str:
+        class Aged(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(time.time() - age)
+
+        serializer = URLSafeTimedSerializer(secret, salt=LINK_SALT, signer=Aged)
+        return f"{start_path}?link={serializer.dumps(value)}"
+
+    refused = {
+        "unsigned": httpx2.get(start_path),
+        "forged": httpx2.get(f"{start_path}?link={token[:-4]}AAAA"),
+        "other key": httpx2.get(signed(created["id"], Fernet.generate_key().decode())),
+        "other connection": httpx2.get(signed("another-connection-id")),
+    }
+    assert {k: r.status_code for k, r in refused.items()} == dict.fromkeys(refused, 403)
+    expired = httpx2.get(signed(created["id"], age=7 * 86400 + 60)).json()
+    assert "expired" in expired["error"]["message"]
+    assert httpx2.get(signed(created["id"], age=6 * 86400)).status_code == 302
 
     redirect = httpx2.get(start_url)
     assert redirect.status_code == 302
@@ -341,11 +363,14 @@ def test_an_expired_access_token_is_refreshed_before_the_step(
     assert "Connection ready" in consent(created["oauth"]["consentUrl"]).text
     first = world.sealed(created["id"])
     world.pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
-    time.sleep(2.5)
+    assert world.trial().status_code == 200  # still fresh: no refresh yet
+    assert world.sealed(created["id"])["accessToken"] == first["accessToken"]
+    world.advance(2.5)
     assert world.trial().status_code == 200
     second = world.sealed(created["id"])
     assert second["accessToken"] != first["accessToken"]
-    assert bearer_tokens(world) == [second["accessToken"]]  # never sent the expiring one
+    # The first step used the first token, the second never sent the expiring one.
+    assert bearer_tokens(world) == [first["accessToken"], second["accessToken"]]
 
 
 def test_concurrent_steps_share_one_refresh(world_factory: Callable[..., World]) -> None:
@@ -353,7 +378,7 @@ def test_concurrent_steps_share_one_refresh(world_factory: Callable[..., World])
     created = world.connection()
     consent(created["oauth"]["consentUrl"])
     world.pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
-    time.sleep(2.5)
+    world.advance(2.5)
     with httpx2.Client(base_url=world.base, headers=AUTH, timeout=30) as other:
         results: list[int] = []
         threads = [
@@ -399,7 +424,7 @@ def test_a_revoked_refresh_token_asks_for_consent_again(world: World) -> None:
     assert failed.status_code == 400
     message = failed.json()["error"]["message"]
     assert "connection 'ops' needs consent again" in message
-    assert f"{world.base}/connections/{created['id']}/oauth/start?expires=" in message
+    assert f"{world.base}/connections/{created['id']}/oauth/start?link=" in message
     shown = world.api.get("/api/connections/ops").json()
     assert shown["oauth"]["status"] == "needs_consent"
     assert "refreshToken" not in shown["secrets"]

@@ -15,9 +15,9 @@ from typing import Any
 import httpx2
 import pytest
 from cryptography.fernet import Fernet
+
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
 from pagerduty_connector.triggers.signature import sign
-
 from tests.support.runtime import EVENT, FLOW, make_connection
 
 ADMIN = "process-admin-token-7788"

@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
 from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.settings import load_settings
@@ -22,8 +25,6 @@ from pagerduty_connector.runtime.store import (
     select,
 )
 from pagerduty_connector.runtime.store.writer import ExecutionWriter
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 
 
 def test_development_secrets_are_generated_private(tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import json
 from typing import Any
 
 import httpx2
+from starlette.testclient import TestClient
+
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.triggers.signature import sign
-from starlette.testclient import TestClient
 
 API_KEY = "u+RUNTIME-secret-key-5566"
 ADMIN = "admin-token-for-tests-0001"

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx2
 import pytest
-from pagerduty_connector.component.manifest import load_manifest
 
+from pagerduty_connector.component.manifest import load_manifest
 from tests.support.openapi import request_examples, template_for, validate_request
 
 HEADERS = {

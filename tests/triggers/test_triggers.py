@@ -14,13 +14,13 @@ import pytest
 import respx
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
 from pagerduty_connector.component.errors import SignatureError
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.store import Store
 from pagerduty_connector.triggers.signature import parse_signatures, sign, verify_signature
-from sqlalchemy import text
-from starlette.testclient import TestClient
-
 from tests.conftest import REST
 from tests.support.runtime import (
     EVENT,

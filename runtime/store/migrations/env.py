@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from pagerduty_connector.runtime.store import Base
 
 connection = context.config.attributes["connection"]
