@@ -4,31 +4,33 @@ Plain REST actions and picklist data sources need no code: the manifest declares
 them and the generic requester runs them. Actions with behaviour of their own
 register with ``@action("key")``; triggers with ``@trigger("key")``. At startup
 ``check_implementations`` fails fast, naming the key, when a declared entry has
-no implementation or an implementation is not declared.
+no implementation, an implementation is not declared, or an implementation does
+not fulfil its contract (``component/contracts.py``).
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from pagerduty_connector.component.contracts import (
+    ActionImpl,
+    DataSourceKind,
+    Trigger,
+    contract_problems,
+)
 from pagerduty_connector.component.errors import ManifestError
 from pagerduty_connector.component.manifest import Manifest
 
-if TYPE_CHECKING:
-    from pagerduty_connector.component.context import StepContext
-    from pagerduty_connector.component.inputs import CleanedInputs
-
-ActionImpl = Callable[["StepContext", "CleanedInputs"], Awaitable[dict[str, Any]]]
 IMPLEMENTATION_PACKAGES = tuple(
     f"pagerduty_connector.{name}" for name in ("actions", "triggers", "datasources")
 )
 
 ACTIONS: dict[str, ActionImpl] = {}
-TRIGGERS: dict[str, Any] = {}
-DATASOURCE_KINDS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {}
+TRIGGERS: dict[str, Trigger] = {}
+DATASOURCE_KINDS: dict[str, DataSourceKind] = {}
 
 F = TypeVar("F", bound=ActionImpl)
 T = TypeVar("T")
@@ -103,5 +105,12 @@ def check_implementations(manifest: Manifest) -> None:
     for ds in manifest.dataSources:
         if ds.type not in DATASOURCE_KINDS:
             problems.append(f"data source '{ds.key}' is a {ds.type}, which nothing implements")
+    for kind, table, protocol in (
+        ("action", ACTIONS, ActionImpl),
+        ("trigger", TRIGGERS, Trigger),
+        ("data source kind", DATASOURCE_KINDS, DataSourceKind),
+    ):
+        for key, impl in sorted(table.items()):
+            problems += [f"{kind} '{key}' {p}" for p in contract_problems(impl, protocol)]
     if problems:
         raise ManifestError("manifest and implementations disagree:\n  " + "\n  ".join(problems))

@@ -1,10 +1,11 @@
-"""Instance deploy and teardown hooks: the triggers' webhook subscriptions.
+"""Instance deploy and teardown: validation, then the triggers' hooks, in one transaction.
 
-On deploy every flow whose trigger is subscription-backed gets exactly one
-PagerDuty subscription at its webhook URL, and subscriptions of flows the
-instance no longer has are removed; the signing secrets PagerDuty returns are
-stored sealed in ``webhook_subscriptions``. On teardown every subscription whose
-URL belongs to the instance is deleted, across all pages.
+On deploy the triggers' deploy hooks run with the subscriptions the flows need, so
+PagerDuty holds exactly one per flow; whatever an owned URL no longer needs (a
+removed flow) goes. The signing secrets PagerDuty
+returns are stored sealed in ``webhook_subscriptions``. If the instance cannot be
+stored afterwards, what the hooks created is deleted again. On teardown each
+trigger's teardown hook deletes everything delivering to the instance, across pages.
 """
 
 from __future__ import annotations
@@ -15,25 +16,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.contracts import Trigger
+from pagerduty_connector.component.errors import DeployError, InputError
 from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime.flows import Flow, validate_flow
 from pagerduty_connector.runtime.store import ConnectionRow, InstanceRow, SubscriptionRow, select
-from pagerduty_connector.triggers.subscriptions import (
-    Desired,
-    Held,
-    SyncResult,
-    delete_subscriptions,
-    sync_subscriptions,
-    undo_created,
-)
+from pagerduty_connector.triggers.subscriptions import Desired, Held, SyncResult, undo_created
 
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.engine import Engine
-
-
-def subscribed_flows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The flows whose trigger is backed by a PagerDuty webhook subscription."""
-    return [f for f in flows if hasattr(TRIGGERS.get(f["trigger"]["type"]), "desired")]
 
 
 def owned_by(engine: Engine, instance_id: str) -> Callable[[str], bool]:
@@ -42,14 +33,49 @@ def owned_by(engine: Engine, instance_id: str) -> Callable[[str], bool]:
     return lambda url: url.startswith(prefix)
 
 
-def desired_subscriptions(engine: Engine, instance: InstanceRow) -> list[Desired]:
-    """The subscription each subscribed flow of ``instance`` needs."""
-    return [
-        TRIGGERS[f["trigger"]["type"]].desired(
-            f["name"], engine.webhook_url(instance.id, f["name"]), f["trigger"]["inputs"]
-        )
-        for f in subscribed_flows(instance.flows)
-    ]
+def by_hook(flows: list[dict[str, Any]]) -> list[tuple[Trigger, list[dict[str, Any]]]]:
+    """The flows grouped by their trigger's deploy hook, in first-use order.
+
+    Triggers sharing one hook (both webhook triggers do) deploy together: one listing
+    of PagerDuty's subscriptions serves all their flows and one rollback covers them.
+    """
+    grouped: dict[Any, tuple[Trigger, list[dict[str, Any]]]] = {}
+    for flow in flows:
+        trigger = TRIGGERS[flow["trigger"]["type"]]
+        hook = getattr(trigger.deploy, "__func__", trigger.deploy)
+        grouped.setdefault(hook, (trigger, []))[1].append(flow)
+    return list(grouped.values())
+
+
+def subscription_of(engine: Engine, instance_id: str, flow: dict[str, Any]) -> Desired:
+    """What the flow's own trigger needs PagerDuty to hold for it."""
+    url = engine.webhook_url(instance_id, flow["name"])
+    return TRIGGERS[flow["trigger"]["type"]].subscription(
+        flow["name"], url, flow["trigger"]["inputs"]
+    )
+
+
+def validate_flows(engine: Engine, instance: str, flows: list[Flow]) -> list[str]:
+    """Check every flow, step and input (``InputError`` naming them); return warnings."""
+    names = [f.name for f in flows]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise InputError(instance, "flows", f"flow name '{duplicate}' is used twice")
+    return [w for flow in flows for w in validate_flow(flow, engine.manifest)]
+
+
+def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
+    """Where each OAuth scope is needed: every step's action and every flow's trigger."""
+    needs: dict[str, str] = {}
+    for flow in flows:
+        trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
+        if trigger.scope:
+            needs[f"flow '{flow.name}' trigger"] = trigger.scope
+        for step in flow.steps:
+            scope = getattr(engine.manifest.runnable(step.action), "scope", None)
+            if scope:
+                needs[f"flow '{flow.name}' step '{step.name}'"] = scope
+    return needs
 
 
 async def held_subscriptions(engine: Engine, db: AsyncSession, instance_id: str) -> list[Held]:
@@ -80,10 +106,9 @@ async def replace_held(
 
 
 def require_connection(instance: InstanceRow) -> None:
-    """A subscribed flow needs the instance's PagerDuty connection; say so at deploy."""
-    flows = subscribed_flows(instance.flows)
-    if flows and not instance.connection_id:
-        names = ", ".join(f"'{f['name']}'" for f in flows)
+    """Every trigger deploys through PagerDuty, so the instance needs a connection."""
+    if instance.flows and not instance.connection_id:
+        names = ", ".join(f"'{f['name']}'" for f in instance.flows)
         raise InputError(
             instance.id,
             "connection",
@@ -92,37 +117,61 @@ def require_connection(instance: InstanceRow) -> None:
 
 
 async def deploy_triggers(engine: Engine, db: AsyncSession, instance: InstanceRow) -> SyncResult:
-    """Bring PagerDuty's subscriptions in line with the instance; store their secrets.
+    """Run each trigger's deploy hook for its flows; store the subscriptions they hold.
 
-    Runs inside the caller's transaction; if the caller cannot commit, it calls
-    ``undo_deploy`` with the result so nothing created is left behind.
+    Runs inside the caller's transaction. If a later hook fails, what the earlier
+    ones created is deleted before the error is raised.
     """
-    if not instance.connection_id:
-        return SyncResult()
+    require_connection(instance)
     connection = await db.get(ConnectionRow, instance.connection_id)
     assert connection is not None
     held = await held_subscriptions(engine, db, instance.id)
+    owned = owned_by(engine, instance.id)
+    urls = {engine.webhook_url(instance.id, f["name"]) for f in instance.flows}
+    # Each hook removes only what no flow of the instance wants any more.
+    unwanted = lambda url: owned(url) and url not in urls  # noqa: E731
+    total = SyncResult()
     async with engine.client(engine.connection_config(connection)) as client:
-        result = await sync_subscriptions(
-            client, desired_subscriptions(engine, instance), held, owned_by(engine, instance.id)
-        )
-    await replace_held(engine, db, instance.id, result.held)
-    return result
+        for trigger, flows in by_hook(instance.flows):
+            desired = [subscription_of(engine, instance.id, f) for f in flows]
+            try:
+                result = await trigger.deploy(client, desired, held, unwanted)
+            except DeployError:
+                await undo_created(client, total.created)
+                raise
+            total.held += result.held
+            total.created += result.created
+            total.log += result.log
+    await replace_held(engine, db, instance.id, total.held)
+    return total
 
 
-async def undo_deploy(engine: Engine, connection: ConnectionRow, result: SyncResult) -> None:
-    """Delete what a deploy created when its instance could not be stored."""
-    async with engine.client(engine.connection_config(connection)) as client:
-        await undo_created(client, result.created)
+async def commit_deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
+    """Deploy the triggers and commit; undo what they created if the commit fails."""
+    result = await deploy_triggers(engine, db, row)
+    try:
+        await db.commit()
+        engine.intake.forget(row.id)
+    except Exception:
+        await db.rollback()
+        connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
+        if connection is not None:
+            async with engine.client(engine.connection_config(connection)) as client:
+                await undo_created(client, result.created)
+        raise
+    return result.log
 
 
 async def teardown_triggers(engine: Engine, db: AsyncSession, instance: InstanceRow) -> list[str]:
-    """Delete every subscription delivering to the instance; return the ids removed."""
+    """Run each trigger's teardown hook; return the subscription ids removed."""
     if not instance.connection_id:
         return []
     connection = await db.get(ConnectionRow, instance.connection_id)
     assert connection is not None
+    deleted: list[str] = []
+    owned = owned_by(engine, instance.id)
     async with engine.client(engine.connection_config(connection)) as client:
-        deleted = await delete_subscriptions(client, owned_by(engine, instance.id))
+        for trigger, _ in by_hook(instance.flows):
+            deleted += await trigger.teardown(client, owned)
     await replace_held(engine, db, instance.id, [])
     return deleted

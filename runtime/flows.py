@@ -124,9 +124,7 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
         raise InputError(flow.name, "trigger.type", f"unknown trigger (known: {known})")
     owner = f"{flow.name}.trigger ({trigger.key})"
     cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
-    check = getattr(TRIGGERS.get(trigger.key), "check", None)
-    if check is not None:
-        check(owner, cleaned)
+    TRIGGERS[trigger.key].check(owner, cleaned)
     flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
     warnings = list(cleaned.warnings)
     seen: list[str] = []

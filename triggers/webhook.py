@@ -1,10 +1,11 @@
 """``incidentsTrigger`` and ``serviceTrigger``: PagerDuty V3 webhook triggers.
 
-Each trigger checks its inputs at deploy, says which subscription its flow needs
-(``desired``), verifies a delivery's signature and turns the body into the
-trigger's output: the parsed event plus the request headers, as the reference's
-example payload shows. The runtime's deploy and teardown hooks
-(``component/deploy.py``) keep the subscriptions themselves in step.
+Each trigger fulfils the ``Trigger`` contract (``component/contracts.py``): it checks
+its inputs at deploy, says which subscription a flow needs, keeps PagerDuty's
+subscriptions exact on deploy and deletes them on teardown
+(``triggers/subscriptions.py``), verifies a delivery's signature and turns the body
+into the trigger's output: the parsed event plus the request headers, as the
+reference's example payload shows.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pagerduty_connector.component.client import PagerDutyClient
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.inputs import CleanedInputs
 from pagerduty_connector.component.registry import trigger
 from pagerduty_connector.triggers.signature import HEADER, verify_signature
-from pagerduty_connector.triggers.subscriptions import Desired
+from pagerduty_connector.triggers.subscriptions import (
+    Desired,
+    Held,
+    SyncResult,
+    UrlFilter,
+    delete_subscriptions,
+    sync_subscriptions,
+)
 
 EVENT_FIELDS = ("id", "event_type", "resource_type", "occurred_at", "agent", "client", "data")
 PING = "pagey.ping"
@@ -42,7 +51,7 @@ class WebhookTrigger:
         if foreign:
             raise InputError(owner, "events", f"{foreign[0]!r} is not one of its {prefix}* events")
 
-    def desired(self, flow: str, url: str, inputs: Mapping[str, Any]) -> Desired:
+    def subscription(self, flow: str, url: str, inputs: Mapping[str, Any]) -> Desired:
         """The subscription a flow with these (cleaned) inputs needs at ``url``."""
         return Desired(
             flow=flow,
@@ -53,11 +62,21 @@ class WebhookTrigger:
             filter_id=inputs.get("filterId") or None,
         )
 
+    async def deploy(
+        self, client: PagerDutyClient, desired: list[Desired], held: list[Held], owned: UrlFilter
+    ) -> SyncResult:
+        """Deploy hook: exactly one subscription per desired flow (see ``sync_subscriptions``)."""
+        return await sync_subscriptions(client, desired, held, owned)
+
+    async def teardown(self, client: PagerDutyClient, owned: UrlFilter) -> list[str]:
+        """Teardown hook: delete every subscription delivering to an owned URL."""
+        return await delete_subscriptions(client, owned)
+
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: Iterable[str]) -> None:
         """Raise ``SignatureError`` unless the delivery is signed with one of ``secrets``."""
         verify_signature(body, headers.get(HEADER), secrets)
 
-    def parse(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+    def output(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """Return ``{"event": {...}, "headers": {...}}`` or raise ``InputError``."""
         try:
             document = json.loads(body)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,24 +14,21 @@ from starlette.responses import JSONResponse, Response
 from pagerduty_connector.component.errors import (
     ComponentError,
     DeployError,
-    InputError,
 )
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.deploy import (
-    deploy_triggers,
-    require_connection,
-    subscribed_flows,
+    commit_deploy,
+    scopes_needed,
     teardown_triggers,
-    undo_deploy,
+    validate_flows,
 )
 from pagerduty_connector.runtime.engine import Engine
-from pagerduty_connector.runtime.flows import Flow, validate_flow
+from pagerduty_connector.runtime.flows import Flow
 from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, record
 from pagerduty_connector.runtime.store import (
-    ConnectionRow,
     InstanceRow,
     now,
     select,
@@ -68,48 +64,15 @@ def instance_view(engine: Engine, row: InstanceRow) -> dict[str, Any]:
     }
 
 
-async def _validated_instance(engine: Engine, data: InstanceIn) -> tuple[str | None, list[str]]:
-    """Validate every flow, step and input; return the connection id and warnings."""
-    names = [f.name for f in data.flows]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise InputError(data.name, "flows", f"flow name '{duplicate}' is used twice")
-    warnings = [w for flow in data.flows for w in validate_flow(flow, engine.manifest)]
+async def _validated(engine: Engine, data: InstanceIn) -> tuple[str | None, list[str]]:
+    """Validate every flow, step and input, and the connection's scopes; return the
+    connection id and warnings."""
+    warnings = validate_flows(engine, data.name, data.flows)
     if data.connection is None:
         return None, warnings
     connection = await find_connection(engine, data.connection)
     check_scopes(connection, scopes_needed(engine, data.flows))
     return connection.id, warnings
-
-
-def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
-    """Where each OAuth scope is needed: every step's action and every subscribed trigger."""
-    needs: dict[str, str] = {}
-    for flow in flows:
-        trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
-        if trigger.scope and subscribed_flows([{"trigger": {"type": trigger.key}}]):
-            needs[f"flow '{flow.name}' trigger"] = trigger.scope
-        for step in flow.steps:
-            scope = getattr(engine.manifest.runnable(step.action), "scope", None)
-            if scope:
-                needs[f"flow '{flow.name}' step '{step.name}'"] = scope
-    return needs
-
-
-async def _deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
-    """Run the triggers' deploy hooks and commit; undo what they created if that fails."""
-    require_connection(row)
-    result = await deploy_triggers(engine, db, row)
-    try:
-        await db.commit()
-        engine.intake.forget(row.id)
-    except Exception:
-        await db.rollback()
-        connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
-        if connection is not None:
-            await undo_deploy(engine, connection, result)
-        raise
-    return result.log
 
 
 def _deployed_view(engine: Engine, row: InstanceRow, log: list[str], warnings: list[str]) -> Any:
@@ -126,7 +89,7 @@ async def deploy_instance(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     data: InstanceIn = parse(InstanceIn, await json_body(request))
-    connection_id, warnings = await _validated_instance(engine, data)
+    connection_id, warnings = await _validated(engine, data)
     row = InstanceRow(
         id=data.name,
         enabled=data.enabled,
@@ -139,7 +102,7 @@ async def deploy_instance(request: Request) -> JSONResponse:
         if await db.get(InstanceRow, data.name):
             raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
         db.add(row)
-        log = await _deploy(engine, db, row)
+        log = await commit_deploy(engine, db, row)
     return JSONResponse(_deployed_view(engine, row, log, warnings), status_code=201)
 
 
@@ -154,13 +117,13 @@ async def redeploy_instance(request: Request) -> JSONResponse:
     engine = engine_of(request)
     name = request.path_params["name"]
     data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
-    connection_id, warnings = await _validated_instance(engine, data)
+    connection_id, warnings = await _validated(engine, data)
     async with engine.store.session() as db:
         row = await row_or_404(db, InstanceRow, name, "instance")
         row.enabled, row.connection_id = data.enabled, connection_id
         row.flows = [f.model_dump() for f in data.flows]
         row.config, row.updated_at, row.state = data.config, now(), {"deployed": True}
-        log = await _deploy(engine, db, row)
+        log = await commit_deploy(engine, db, row)
         return JSONResponse(_deployed_view(engine, row, log, warnings))
 
 
@@ -247,5 +210,5 @@ async def test_flow(request: Request) -> JSONResponse:
     engine.intake.forget(params["name"])
     target, flow = await flow_of(engine, params["name"], params["flow"])
     body = await request.body()
-    output = TRIGGERS[flow["trigger"]["type"]].parse(body, {})
+    output = TRIGGERS[flow["trigger"]["type"]].output(body, {})
     return await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output)

@@ -35,7 +35,7 @@ async def record(
     reason = None
     if not target.enabled:
         reason = "instance is disabled"
-    elif hasattr(trigger, "skip_reason"):
+    else:
         reason = trigger.skip_reason(output, flow["trigger"]["inputs"])
     status = "received" if reason is None else "skipped"
     received = now()
@@ -97,9 +97,8 @@ async def receive_webhook(request: Request) -> JSONResponse:
     target, flow = await flow_of(engine, request.path_params["instance"], flow_name)
     headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
     trigger = TRIGGERS[flow["trigger"]["type"]]
-    if hasattr(trigger, "verify"):
-        trigger.verify(body, headers, target.secrets.get(flow_name, []))
-    return await record(engine, target, flow, body, headers, trigger.parse(body, headers))
+    trigger.verify(body, headers, target.secrets.get(flow_name, []))
+    return await record(engine, target, flow, body, headers, trigger.output(body, headers))
 
 
 async def health(request: Request) -> JSONResponse:

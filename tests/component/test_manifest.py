@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
-from pagerduty_connector.component import registry
 from pagerduty_connector.component.errors import ManifestError
 from pagerduty_connector.component.manifest import (
-    MANIFEST_FILE,
     SCHEMA_FILE,
     Manifest,
     load_manifest,
@@ -23,8 +19,8 @@ from pagerduty_connector.component.manifest import (
     render_schema,
     resolve_refs,
 )
-from pagerduty_connector.component.registry import check_implementations
 from tests.support import SHARED
+from tests.support.manifests import action_of, raw_manifest
 
 REFERENCE = SHARED / "reference"
 # Reference examples that are not valid values (JavaScript, not JSON) and were made valid.
@@ -36,10 +32,6 @@ REPLACED_EXAMPLES = {("rawRequest", "url")}
 @pytest.fixture(scope="module")
 def reference() -> dict[str, Any]:
     return json.loads((REFERENCE / "prismatic-pagerduty-interface.json").read_text())
-
-
-def raw_manifest() -> dict[str, Any]:
-    return yaml.safe_load(packaged(MANIFEST_FILE).read_text())
 
 
 def test_counts(manifest: Manifest) -> None:
@@ -121,31 +113,27 @@ def _mutated(change: Any) -> dict[str, Any]:
     return data
 
 
-def _action(data: dict[str, Any], key: str) -> dict[str, Any]:
-    return next(a for a in data["actions"] if a["key"] == key)
-
-
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (
-            lambda d: _action(d, "getIncident")["inputs"].append({"ref": "nope"}),
+            lambda d: action_of(d, "getIncident")["inputs"].append({"ref": "nope"}),
             "action 'getIncident' input #4: unknown inputDefinition 'nope'",
         ),
         (
-            lambda d: _action(d, "getIncident")["request"].update(path="/incidents/{incidentId}"),
+            lambda d: action_of(d, "getIncident")["request"].update(path="/incidents/{incidentId}"),
             "getIncident: path placeholder '{incidentId}' has no input 'incidentId'",
         ),
         (
-            lambda d: _action(d, "listIncidents")["request"]["query"].update(colour="colour"),
+            lambda d: action_of(d, "listIncidents")["request"]["query"].update(colour="colour"),
             "listIncidents: query maps input 'colour', which is not declared",
         ),
         (
-            lambda d: _action(d, "getIncident")["request"].update(method="FETCH"),
+            lambda d: action_of(d, "getIncident")["request"].update(method="FETCH"),
             "actions[getIncident].request.method",
         ),
         (
-            lambda d: d["actions"].append(dict(_action(d, "getIncident"))),
+            lambda d: d["actions"].append(dict(action_of(d, "getIncident"))),
             "key 'getIncident' is declared twice (action, action)",
         ),
     ],
@@ -155,40 +143,6 @@ def test_invalid_manifests_fail_naming_the_key(change: Any, message: str) -> Non
     with pytest.raises(ManifestError) as info:
         parse_manifest(_mutated(change))
     assert message in str(info.value)
-
-
-@pytest.fixture
-def clean_registry() -> Iterator[None]:
-    actions, triggers = dict(registry.ACTIONS), dict(registry.TRIGGERS)
-    yield
-    registry.ACTIONS.clear()
-    registry.ACTIONS.update(actions)
-    registry.TRIGGERS.clear()
-    registry.TRIGGERS.update(triggers)
-
-
-def test_code_action_without_implementation_fails_fast(clean_registry: None) -> None:
-    data = raw_manifest()
-    del _action(data, "getIncident")["request"]
-    with pytest.raises(ManifestError, match=r"action 'getIncident' declares no request and has no"):
-        check_implementations(parse_manifest(data))
-
-
-def test_undeclared_implementations_fail_fast(clean_registry: None) -> None:
-    async def stray(ctx: Any, inputs: Any) -> dict[str, Any]:
-        return {}
-
-    registry.action("listEverything")(stray)
-    with pytest.raises(ManifestError, match="action 'listEverything' is not declared"):
-        check_implementations(load_manifest())
-
-
-def test_trigger_without_implementation_fails_fast(clean_registry: None) -> None:
-    check_implementations(load_manifest())  # loads every implementation module first
-    del registry.TRIGGERS["serviceTrigger"]
-    registry.load_implementations()  # already imported: does not re-register
-    with pytest.raises(ManifestError, match="trigger 'serviceTrigger' has no implementation"):
-        check_implementations(load_manifest())
 
 
 def test_unreadable_manifest_is_reported(tmp_path: Path) -> None:
