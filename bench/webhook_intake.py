@@ -42,7 +42,7 @@ from typing import Any
 import httpx2
 from cryptography.fernet import Fernet
 
-from pagerduty_connector.component.standin.server import free_port, serve
+from pagerduty_connector.component.standin.server import SECRETS_PATH, free_port, serve
 from pagerduty_connector.triggers.signature import sign
 
 ADMIN = "bench-admin-token"
@@ -244,7 +244,7 @@ def main() -> None:
             api.post(
                 "/api/instances", json={"name": "bench", "connection": "ops", "flows": flows}
             ).raise_for_status()
-            held = httpx2.get(f"{pagerduty_url}/_bench/secrets").json()
+            held = httpx2.get(f"{pagerduty_url}{SECRETS_PATH}").json()
             secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
             body = json.dumps(EVENT).encode()
 

@@ -162,6 +162,34 @@ def docs(
         sys.stdout.write(text)
 
 
+@app.command()
+def mock(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9999,
+    incidents: Annotated[
+        int, typer.Option(help="How many incidents GET /incidents pages over.")
+    ] = 25,
+) -> None:
+    """Serve a stand-in PagerDuty on 127.0.0.1 for trying the connector and runtime.
+
+    Point PAGERDUTY_API_URL at it. It answers incidents, notes, /abilities and a
+    stateful /webhook_subscriptions API. GET /_mock/secrets lists each subscription's
+    signing secret by delivery URL, to sign deliveries as PagerDuty would.
+    """
+    from pagerduty_connector.component.standin.server import LocalPagerDuty
+
+    try:
+        server = LocalPagerDuty(count=incidents, port=port)
+    except OSError as exc:
+        raise fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    err.print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def parse_inputs(inputs_json: str | None, pairs: list[str]) -> dict[str, Any]:
     """Merge ``--inputs-json`` (text or ``@file``) and repeated ``--input name=value``."""
     values: dict[str, Any] = {}

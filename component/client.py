@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import random
 import ssl
 import time
@@ -21,6 +20,7 @@ from typing import Any, Literal, Protocol
 import certifi
 import httpx2
 
+from pagerduty_connector.component.environment import read_environment
 from pagerduty_connector.component.errors import ConfigurationError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, register_secret
 from pagerduty_connector.connections import ConnectionConfig
@@ -96,20 +96,15 @@ class ClientSettings:
     page_concurrency: int = 10
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ClientSettings:
+    def from_env(cls) -> ClientSettings:
         """Settings from ``PAGERDUTY_API_URL``, ``PAGERDUTY_EVENTS_URL`` and friends."""
-        env = dict(os.environ if env is None else env)
-        rpm = env.get("PAGERDUTY_REQUESTS_PER_MINUTE", "").strip()
-        timeout = env.get("PAGERDUTY_TIMEOUT", "").strip()
-        try:
-            return cls(
-                api_url=env.get("PAGERDUTY_API_URL") or None,
-                events_url=env.get("PAGERDUTY_EVENTS_URL") or None,
-                timeout=float(timeout) if timeout else 30.0,
-                requests_per_minute=(None if rpm == "0" else float(rpm)) if rpm else 960.0,
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid PagerDuty client setting: {exc}") from None
+        env = read_environment()
+        return cls(
+            api_url=env.api_url,
+            events_url=env.events_url,
+            timeout=env.timeout,
+            requests_per_minute=env.requests_per_minute or None,
+        )
 
 
 class RequestBudget:

@@ -8,13 +8,13 @@ OAuth class can later refresh and retry after a 401 without the client knowing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx2
 
+from pagerduty_connector.component.environment import read_environment
 from pagerduty_connector.component.errors import ConfigurationError
 
 Region = Literal["us", "eu"]
@@ -68,22 +68,17 @@ class ConnectionConfig:
         return token_auth(self.secret) if self.kind == "apiKey" else bearer_auth(self.secret)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ConnectionConfig:
+    def from_env(cls) -> ConnectionConfig:
         """Build the CLI's connection from ``PAGERDUTY_*`` environment variables."""
-        env = dict(os.environ if env is None else env)
-        api = env.get("PAGERDUTY_API_TOKEN", "").strip()
-        oauth = env.get("PAGERDUTY_OAUTH_TOKEN", "").strip()
-        if not api and not oauth:
+        env = read_environment()
+        if not env.api_token and not env.oauth_token:
             raise ConfigurationError(
                 "no PagerDuty credentials: set PAGERDUTY_API_TOKEN (a REST API key) "
                 "or PAGERDUTY_OAUTH_TOKEN (an OAuth access token)"
             )
-        region = env.get("PAGERDUTY_REGION", "us").strip().lower() or "us"
-        if region not in ("us", "eu"):
-            raise ConfigurationError(f"PAGERDUTY_REGION must be 'us' or 'eu', got {region!r}")
         return cls(
-            kind="apiKey" if api else "oauth2",
-            secret=api or oauth,
-            from_email=env.get("PAGERDUTY_FROM", "").strip() or None,
-            region=region,  # type: ignore[arg-type]
+            kind="apiKey" if env.api_token else "oauth2",
+            secret=env.api_token or env.oauth_token or "",
+            from_email=env.from_email,
+            region=env.region,
         )

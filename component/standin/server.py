@@ -1,10 +1,14 @@
-"""A small PagerDuty-like HTTP server on 127.0.0.1 for benchmarks and process tests.
+"""The stand-in PagerDuty server on 127.0.0.1 (``pdc mock``), for trying things by hand,
+the quickstart, the process tests and the benchmarks.
 
 It answers ``GET /incidents`` (offset pagination over generated incidents),
 ``GET /incidents/{id}``, ``POST /incidents/{id}/notes``, ``GET /abilities`` and
-the ``/webhook_subscriptions`` API (``bench.fake_subscriptions``), optionally
+the ``/webhook_subscriptions`` API (``subscriptions.FakeSubscriptions``), optionally
 after a delay (``first_get_delay`` holds only the first ``GET /incidents/{id}``,
 to catch a runtime mid-step), and records the method and path of every request.
+``GET /_mock/secrets`` (not PagerDuty's) lists the signing secret of every
+subscription it created by delivery URL, so a person or a benchmark can sign
+deliveries the way PagerDuty would.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+
+SECRETS_PATH = "/_mock/secrets"
 
 
 def free_port() -> int:
@@ -123,7 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._subscriptions("GET"):
             return
         parts = urlsplit(self.path)
-        if parts.path == "/_bench/secrets":  # not PagerDuty's: lets a benchmark sign deliveries
+        if parts.path == SECRETS_PATH:
             subs = self.server.subscriptions
             urls = {i: s["delivery_method"]["url"] for i, s in subs.subscriptions.items()}
             return self._send(200, {urls[i]: secret for i, secret in subs.secrets.items()})
@@ -190,20 +196,3 @@ def serve(port_queue: Any, count: int, delay: float) -> None:
     server = LocalPagerDuty(count=count, delay=delay)
     port_queue.put(server.server_address[1])
     server.serve_forever()
-
-
-def main() -> None:
-    """Serve a stand-in PagerDuty on a fixed port for trying the runtime by hand."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--port", type=int, default=9999)
-    parser.add_argument("--incidents", type=int, default=25)
-    args = parser.parse_args()
-    server = LocalPagerDuty(count=args.incidents, port=args.port)
-    print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)", flush=True)
-    server.serve_forever()
-
-
-if __name__ == "__main__":
-    main()

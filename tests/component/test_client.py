@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -44,22 +45,46 @@ async def test_eu_region_uses_eu_hosts(pd: respx.MockRouter, run: Callable[..., 
     await client.aclose()
 
 
-def test_base_urls_overridable_from_environment() -> None:
-    settings = ClientSettings.from_env(
-        {"PAGERDUTY_API_URL": "http://127.0.0.1:9/api/", "PAGERDUTY_EVENTS_URL": "http://e/v2"}
-    )
+def test_base_urls_overridable_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAGERDUTY_API_URL", "http://127.0.0.1:9/api/")
+    monkeypatch.setenv("PAGERDUTY_EVENTS_URL", "http://e/v2")
+    settings = ClientSettings.from_env()
     client = PagerDutyClient(ConnectionConfig("apiKey", API_KEY), settings)
     assert client.url_for("/incidents") == "http://127.0.0.1:9/api/incidents"
     assert client.url_for("/enqueue", "events") == "http://e/v2/enqueue"
 
 
-def test_bad_settings_and_connections_are_clear_errors() -> None:
-    with pytest.raises(ConfigurationError, match="PAGERDUTY_REGION"):
-        ConnectionConfig.from_env({"PAGERDUTY_API_TOKEN": "k", "PAGERDUTY_REGION": "apac"})
+@pytest.fixture
+def bare_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No ``PAGERDUTY_*`` variable from the machine running the tests."""
+    for name in list(os.environ):
+        if name.startswith("PAGERDUTY_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_bad_settings_and_connections_are_clear_errors(bare_env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="PAGERDUTY_API_TOKEN"):
-        ConnectionConfig.from_env({})
-    with pytest.raises(ConfigurationError, match="invalid PagerDuty client setting"):
-        ClientSettings.from_env({"PAGERDUTY_TIMEOUT": "soon"})
+        ConnectionConfig.from_env()
+    bare_env.setenv("PAGERDUTY_API_TOKEN", "k")
+    bare_env.setenv("PAGERDUTY_REGION", "apac")
+    with pytest.raises(ConfigurationError, match=r"PAGERDUTY_REGION: Input should be 'us' or 'eu'"):
+        ConnectionConfig.from_env()
+    bare_env.setenv("PAGERDUTY_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match=r"PAGERDUTY_TIMEOUT: Input should be a valid"):
+        ClientSettings.from_env()
+
+
+def test_environment_values_are_read_cleaned(bare_env: pytest.MonkeyPatch) -> None:
+    bare_env.setenv("PAGERDUTY_OAUTH_TOKEN", " tok ")
+    bare_env.setenv("PAGERDUTY_REGION", " EU ")
+    bare_env.setenv("PAGERDUTY_FROM", "lead@example.com")
+    bare_env.setenv("PAGERDUTY_REQUESTS_PER_MINUTE", "0")
+    bare_env.setenv("PAGERDUTY_API_URL", "")
+    connection, settings = ConnectionConfig.from_env(), ClientSettings.from_env()
+    assert (connection.kind, connection.secret, connection.region) == ("oauth2", "tok", "eu")
+    assert connection.from_email == "lead@example.com"
+    assert (settings.requests_per_minute, settings.api_url, settings.timeout) == (None, None, 30)
 
 
 async def test_step_from_overrides_connection_default(
