@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
@@ -18,23 +16,11 @@ from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
 from pagerduty_connector.triggers.signature import sign
+from tests.support.processes import wait_until
 from tests.support.runtime import EVENT, FLOW, make_connection
 
 ADMIN = "process-admin-token-7788"
 API_KEY = "u+PROCESS-key-1234"
-
-
-def _wait(condition: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -71,7 +57,7 @@ def test_sigkilled_server_resumes_a_recorded_execution(
     api = httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
     server = start()
     try:
-        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to start")
+        wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
         make_connection(api, API_KEY)
         deployed = api.post(
             "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
@@ -86,15 +72,15 @@ def test_sigkilled_server_resumes_a_recorded_execution(
         )
         assert answer.status_code == 202
         execution = answer.json()["execution"]
-        _wait(
+        wait_until(
             lambda: ("GET", "/incidents/Q1P5") in pagerduty.requests, 30, "the first step to start"
         )
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
 
         server = start()
-        _wait(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
-        record = _wait(
+        wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
+        record = wait_until(
             lambda: (
                 (r := api.get(f"/api/executions/{execution}").json())["status"]
                 in ("succeeded", "failed")
