@@ -77,6 +77,7 @@ class Engine:
             lambda: asyncio.Semaphore(settings.flow_concurrency)
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[tuple[str, str], int] = defaultdict(int)
         self.intake = IntakeCache(store, self.box)
         self.oauth = TokenManager(self)
         self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
@@ -155,12 +156,23 @@ class Engine:
     async def _guarded(
         self, execution_id: str, instance_id: str, flow: str, known: Known | None
     ) -> None:
-        async with self._limits[(instance_id, flow)]:
-            try:
-                await self.execute(execution_id, known)
-            except Exception as exc:  # an engine bug must not kill the worker
-                log.exception("execution %s crashed", execution_id)
-                await self._finish(execution_id, "failed", error=redact(repr(exc)))
+        key = (instance_id, flow)
+        self._waiting[key] += 1
+        try:
+            await self._limits[key].acquire()
+        finally:
+            self._waiting[key] -= 1
+        try:
+            await self.execute(execution_id, known)
+        except Exception as exc:  # an engine bug must not kill the worker
+            log.exception("execution %s crashed", execution_id)
+            await self._finish(execution_id, "failed", error=redact(repr(exc)))
+        finally:
+            self._limits[key].release()
+
+    def waiting(self, instance_id: str, flow: str) -> int:
+        """How many executions of a flow wait for its concurrency limit now."""
+        return self._waiting[(instance_id, flow)]
 
     async def resume(self) -> int:
         """Submit every execution left unfinished by a previous process."""

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 import respx
 
-from pagerduty_connector.component.manifest import Manifest, load_manifest
+from pagerduty_connector.component.manifest import Input, InputType, Manifest, load_manifest
 from tests.conftest import API_KEY, REST
 from tests.support.examples import examples
 from tests.support.openapi import example_response, required_scope, requires_from
@@ -218,3 +218,60 @@ def test_declared_scope_and_from_match_the_spec(key: str, manifest: Manifest) ->
     assert action.scope == required_scope(method, path)
     assert action.request is not None
     assert action.request.requiresFrom == requires_from(method, path)
+
+
+def query_value(spec: Input) -> list[str] | str:
+    """A value the input's query parameter accepts (lists get two values)."""
+    if spec.type is InputType.BOOLEAN:
+        values = ["true"]  # the reference's model says 'True'; PagerDuty wants 'true'
+    elif spec.model:
+        values = spec.model[:2]
+    elif spec.clean == "integer":
+        values = [str(max(spec.minimum or 0, 5))]
+    elif spec.key in ("since", "until") or "date" in spec.key.lower():
+        values = ["2020-07-17T07:42:58Z"]
+    elif isinstance(spec.example, str) and spec.example:
+        values = [spec.example]
+    else:
+        values = ["PABC123", "PDEF456"]
+    return values if spec.collection == "valuelist" else values[0]
+
+
+QUERY_MAPPINGS = [
+    pytest.param(action.key, input_key, param, id=f"{action.key}-{param}")
+    for action in load_manifest().actions
+    if action.request is not None
+    for input_key, param in action.request.query.items()
+]
+
+
+def test_every_declared_query_mapping_is_exercised() -> None:
+    declared = sum(len(a.request.query) for a in load_manifest().actions if a.request)
+    assert len(QUERY_MAPPINGS) == declared > 70
+
+
+@pytest.mark.parametrize(("key", "input_key", "param"), QUERY_MAPPINGS)
+async def test_each_query_input_reaches_its_parameter(
+    key: str,
+    input_key: str,
+    param: str,
+    manifest: Manifest,
+    pd: respx.MockRouter,
+    run: Callable[..., Any],
+) -> None:
+    """Every query mapping sends the input under the spec's parameter name (validated by
+    the ``pd`` fixture against the OpenAPI document), repeating ``name[]`` for lists."""
+    action = next(a for a in manifest.actions if a.key == key)
+    spec = next(i for i in action.inputs if i.key == input_key)
+    method, path, _, _ = EXPECTED[key]
+    status, response_body = example_response(method, path)
+    route = pd.route(method=method, url=REST + path).mock(
+        return_value=httpx2.Response(status, json=response_body)
+        if response_body is not None
+        else httpx2.Response(status)
+    )
+    value = query_value(spec)
+    given = "True" if spec.type is InputType.BOOLEAN else value
+    await run(key, {**examples(action), input_key: given})
+    sent = route.calls.last.request.url.params.get_list(param)
+    assert sent == (value if isinstance(value, list) else [value])

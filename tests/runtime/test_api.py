@@ -21,7 +21,9 @@ from pagerduty_connector.component.standin.subscriptions import FakeSubscription
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.runtime.store import Store
+from pagerduty_connector.triggers.signature import sign
 from tests.conftest import REST
+from tests.support.processes import wait_until
 from tests.support.runtime import (
     ADMIN,
     API_KEY,
@@ -228,37 +230,56 @@ def test_executions_of_one_flow_run_up_to_the_concurrency_limit(
         public_url=PUBLIC,
         flow_concurrency=2,
     )
-    running = 0
-    peak = 0
+    running = peak = 0
+    gate = asyncio.Event()
 
-    async def slow_incident(request: httpx2.Request) -> httpx2.Response:
+    async def held_incident(request: httpx2.Request) -> httpx2.Response:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.05)
+        await gate.wait()  # held until the test has seen the other four wait
         running -= 1
         return httpx2.Response(200, json=INCIDENT)
 
-    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=slow_incident)
+    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=held_incident)
     pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
     with TestClient(create_app(settings), headers=AUTH) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
         make_connection(client)
         client.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
         for n in range(6):
             assert deliver(client, subs, "/webhooks/acme/on-incident", f"wh-{n}").status_code == 202
+        wait_until(
+            lambda: running == 2 and engine.waiting("acme", "on-incident") == 4,
+            30,
+            "two executions inside the limit and four waiting for it",
+        )
+        assert peak == 2
+        client.portal.call(gate.set)  # type: ignore[union-attr]
         drain(client)
         statuses = [e["status"] for e in client.get("/api/executions").json()]
     assert statuses == ["succeeded"] * 6
-    assert peak == 2
+    assert peak == 2 and engine.waiting("acme", "on-incident") == 0
 
 
-def test_webhook_errors(api: TestClient) -> None:
+def test_webhook_errors(api: TestClient, subs: FakeSubscriptions) -> None:
     make_connection(api)
     api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
     assert api.post("/webhooks/acme/nope", content=b"{}").status_code == 404
-    assert api.post("/webhooks/acme/on-incident", content=b"not json").status_code == 400
+    path = "/webhooks/acme/on-incident"
+    # Correctly signed, so each 400 comes from the body itself, not the signature.
+    secret = secret_for(subs, path)
+    for body, problem in (
+        (b"not json", "is not JSON"),
+        (b'{"messages": []}', "is not a PagerDuty V3 webhook event"),
+        (b"\xff\xfe", "is not JSON"),
+    ):
+        answer = api.post(path, content=body, headers={"X-PagerDuty-Signature": sign(body, secret)})
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error"]["type"] == "InputError"
+        assert problem in answer.json()["error"]["message"]
     big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
-    assert api.post("/webhooks/acme/on-incident", content=big).status_code == 413
+    assert api.post(path, content=big).status_code == 413
     assert api.get("/api/executions").json() == []
 
 

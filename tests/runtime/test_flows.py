@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import respx
-from jinja2.exceptions import SecurityError
+from jinja2.exceptions import SecurityError, UndefinedError
 
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.manifest import Manifest
@@ -61,32 +61,37 @@ def test_a_lone_expression_keeps_its_type() -> None:
 def test_templates_are_sandboxed_and_strict() -> None:
     with pytest.raises(SecurityError):
         render("{{ ''.__class__.__mro__ }}", {})
-    with pytest.raises(Exception, match="has no attribute 'nope'"):
+    with pytest.raises(UndefinedError, match="has no attribute 'nope'"):
         render("{{ trigger.nope.deeper }}", {"trigger": {}})
 
 
 def test_valid_flow_passes(manifest: Manifest) -> None:
-    validate_flow(
-        flow(
-            [
-                {
-                    "name": "get",
-                    "action": "getIncident",
-                    "inputs": {"id": "{{ trigger.event.data.id }}"},
+    checked = flow(
+        [
+            {
+                "name": "get",
+                "action": "getIncident",
+                "inputs": {"id": "{{ trigger.event.data.id }}"},
+            },
+            {
+                "name": "note",
+                "action": "createIncidentNote",
+                "inputs": {
+                    "id": "{{ steps.get.data.incident.id }}",
+                    "note": "Seen: {{ steps.get.data.incident.title }}",
                 },
-                {
-                    "name": "note",
-                    "action": "createIncidentNote",
-                    "inputs": {
-                        "id": "{{ steps.get.data.incident.id }}",
-                        "note": "Seen: {{ steps.get.data.incident.title }}",
-                    },
-                    "when": "trigger.event.data.urgency == 'high'",
-                },
-            ]
-        ),
-        manifest,
+                "when": "trigger.event.data.urgency == 'high'",
+            },
+        ],
+        inputs={"events": "incident.triggered"},  # one value, sent as text
     )
+    assert validate_flow(checked, manifest) == []
+    # The trigger's inputs are replaced by their cleaned values.
+    assert checked.trigger.inputs == {
+        "events": ["incident.triggered"],
+        "webhookDescription": "ops",
+        "filterType": "account_reference",
+    }
 
 
 @pytest.mark.parametrize(
