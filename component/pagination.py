@@ -93,41 +93,80 @@ class _Pager:
                 fetched = await self._concurrent(offsets)
                 pages += [page_items for page_items, _ in fetched]
                 items, more = fetched[-1]
+                del fetched  # the pages are in ``pages`` now; _flatten frees them one by one
                 offset = offsets[-1] + len(items)
         # The total is a snapshot: keep reading while the last page still says "more".
         while more and items and offset + PAGE_SIZE <= MAX_RECORDS:
             items, more, _ = await self.page(offset)
             pages.append(items)
             offset += len(items)
-        self.result.items = _unique_by_id(pages)
+        self.result.items = _unique_by_id(_flatten(pages))
         if (more and items) or (total is not None and total > MAX_RECORDS):
             self.result.warnings.append(_cap_warning(self.path, len(self.result.items), total))
         return self.result
 
     async def _concurrent(self, offsets: list[int]) -> list[tuple[list[Any], bool]]:
-        limit = asyncio.Semaphore(max(self.client.settings.page_concurrency, 1))
+        """The pages at ``offsets``, in order, read by ``page_concurrency`` workers.
 
-        async def one(offset: int) -> tuple[list[Any], bool]:
-            async with limit:
+        A few workers share one iterator instead of one task per page: finished tasks
+        would keep their pages alive until the caller is done, and a failure cancels
+        the pages still being read.
+        """
+        slots: list[tuple[list[Any], bool]] = [([], False)] * len(offsets)
+        pending = iter(enumerate(offsets))
+
+        async def worker() -> None:
+            for index, offset in pending:
                 items, more, _ = await self.page(offset)
-                return items, more
+                slots[index] = (items, more)
 
-        return list(await asyncio.gather(*(one(o) for o in offsets)))
+        workers = min(max(self.client.settings.page_concurrency, 1), len(offsets))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(workers):
+                    group.create_task(worker())
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return slots
 
 
 def _item_id(item: Any) -> Any:
     return item.get("id") if isinstance(item, dict) else None
 
 
-def _unique_by_id(pages: list[list[Any]]) -> list[Any]:
-    """Concatenate pages, dropping repeats of an ``id`` (pages shift while read).
+def _flatten(pages: list[list[Any]]) -> list[Any]:
+    """The pages' items in one list, emptying ``pages`` as it goes.
+
+    The list is allocated at its final size and each page is dropped once copied:
+    a growing list would briefly hold its old and new buffers at once, which is the
+    peak of a fetch of thousands of items.
+    """
+    items: list[Any] = [None] * sum(len(page) for page in pages)
+    position = 0
+    pages.reverse()
+    while pages:
+        page = pages.pop()
+        items[position : position + len(page)] = page
+        position += len(page)
+    return items
+
+
+def _unique_by_id(items: list[Any]) -> list[Any]:
+    """``items`` without repeats of an ``id`` (pages shift while they are read).
 
     Repeats are found by sorting the ids rather than hashing all of them: a sorted
     list of references costs a fraction of a set over every id, and only the ids
     that really repeat are then tracked while filtering.
     """
-    items = [item for page in pages for item in page]
-    ids = sorted(str(i) for i in map(_item_id, items) if i is not None)
+    ids: list[Any] = [None] * len(items)
+    count = 0
+    for item in items:
+        key = _item_id(item)
+        if key is not None:
+            ids[count] = str(key)
+            count += 1
+    del ids[count:]
+    ids.sort()
     repeated = {a for a, b in pairwise(ids) if a == b}
     del ids
     if not repeated:

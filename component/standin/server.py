@@ -57,6 +57,9 @@ class LocalPagerDuty(ThreadingHTTPServer):
     """The server; ``requests`` lists ``(method, path)`` in arrival order."""
 
     daemon_threads = True
+    # Clients open several connections at once; the default backlog of 5 drops SYNs
+    # past it, and the client's retransmission a second later looks like a slow page.
+    request_queue_size = 128
 
     def __init__(
         self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0, port: int = 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx2
 import pytest
 import respx
 
 from pagerduty_connector.component.client import ClientSettings
+from pagerduty_connector.component.errors import PagerDutyError
 from pagerduty_connector.component.pagination import fetch_all
 from tests.conftest import REST, FakeClock, MakeCtx
 from tests.support.paging import PagedList
@@ -120,6 +122,25 @@ async def test_pages_run_concurrently_within_the_bound(
     page = await fetch_all(ctx.client, "/incidents", "incidents")
     assert len(page.items) == 2_000 and page.requests == 20
     assert server.max_in_flight == 4
+
+
+async def test_a_failing_page_fails_the_fetch_with_its_error_and_stops_the_rest(
+    pd: respx.MockRouter, make_ctx: MakeCtx
+) -> None:
+    server = PagedList("incidents", incidents(2_000))
+
+    async def failing(request: httpx2.Request) -> httpx2.Response:
+        if request.url.params.get("offset") == "300":
+            return httpx2.Response(403, json={"error": {"message": "Forbidden", "code": 2010}})
+        return await server(request)
+
+    pd.get(f"{REST}/incidents").mock(side_effect=failing)
+    ctx = make_ctx(settings=ClientSettings(page_concurrency=2, requests_per_minute=None))
+    with pytest.raises(PagerDutyError) as info:
+        await fetch_all(ctx.client, "/incidents", "incidents")
+    assert info.value.status == 403 and info.value.code == 2010
+    # Workers stop at the failure: the pages after it are never asked for.
+    assert max(server.offsets) <= 400 and len(server.offsets) < 20
 
 
 async def test_fetch_all_respects_the_request_budget(
