@@ -5,47 +5,67 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
-from pagerduty_connector.component.context import StepContext
+from pagerduty_connector.component.catalog import catalog, find
 from pagerduty_connector.component.errors import ComponentError
-from pagerduty_connector.component.manifest import (
-    SCHEMA_FILE,
-    Action,
-    DataSource,
-    Manifest,
-    load_manifest,
-    packaged,
-    render_schema,
-)
 from pagerduty_connector.component.redact import redact
-from pagerduty_connector.component.registry import check_implementations
-from pagerduty_connector.component.requester import run_step
-from pagerduty_connector.connections import ConnectionConfig
+
+# Only what every command needs is imported here; the manifest models (pydantic), the
+# implementations, the client and rich are imported by the commands that use them, so
+# ``pdc actions`` and ``pdc describe`` start in about the time Python takes to import
+# httpx2, starlette and pydantic (bench/cold_start.py).
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pagerduty_connector.component.manifest import Manifest
 
 app = typer.Typer(
     help="PagerDuty connector: list, describe and run its actions from a terminal.",
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+@cache
+def out() -> Console:
+    """The console for results (made on first use: rich is imported only when printing)."""
+    from rich.console import Console
+
+    return Console()
+
+
+@cache
+def err() -> Console:
+    """The console for errors and progress, on stderr."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line on stderr and return the exit to raise."""
-    err.print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
+    err().print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
+def _catalog() -> dict[str, Any]:
+    try:
+        return catalog()
+    except ComponentError as exc:
+        raise fail(str(exc)) from None
+
+
 def _manifest() -> Manifest:
+    """The manifest, validated and checked against the implementations, or exit 1."""
+    from pagerduty_connector.component.manifest import load_manifest
+    from pagerduty_connector.component.registry import check_implementations
+
     try:
         manifest = load_manifest()
         check_implementations(manifest)
@@ -55,6 +75,8 @@ def _manifest() -> Manifest:
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for column in columns:
         table.add_column(column, overflow="fold")
@@ -66,32 +88,39 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) ->
 @app.command()
 def actions() -> None:
     """List every action, trigger and data source."""
-    manifest = _manifest()
+    document = _catalog()
     request = {
-        a.key: f"{a.request.method} {a.request.path}" if a.request else "(code)"
-        for a in manifest.actions
+        a["key"]: f"{a['request']['method']} {a['request']['path']}" if a["request"] else "(code)"
+        for a in document["actions"]
     }
-    out.print(
+    out().print(
         _table(
-            f"{manifest.label}: {len(manifest.actions)} actions",
+            f"{document['label']}: {len(document['actions'])} actions",
             ("key", "label", "request"),
-            [(a.key, a.label, request[a.key]) for a in manifest.actions],
+            [(a["key"], a["label"], request[a["key"]]) for a in document["actions"]],
         )
     )
-    out.print(
+    out().print(
         _table(
             "Triggers",
             ("key", "label", "events"),
-            [(t.key, t.label, str(len(t.events))) for t in manifest.triggers],
+            [(t["key"], t["label"], str(len(t["events"]))) for t in document["triggers"]],
         )
     )
-    out.print(
+    out().print(
         _table(
             "Data sources",
             ("key", "label", "picklist of"),
-            [(d.key, d.label, f"GET {d.picklist.path}") for d in manifest.dataSources],
+            [
+                (d["key"], d["label"], f"GET {d['picklist']['path']}")
+                for d in document["dataSources"]
+            ],
         )
     )
+
+
+def _example(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else "(JSON)"
 
 
 @app.command()
@@ -99,40 +128,43 @@ def describe(
     key: Annotated[str, typer.Argument(help="Action, trigger or data source key.")],
 ) -> None:
     """Show one action, trigger or data source with its inputs."""
-    manifest = _manifest()
-    item = manifest.find(key)
-    if item is None:
+    found = find(_catalog(), key)
+    if found is None:
         raise fail(f"no action, trigger, data source or connection has the key '{key}'")
-    out.print(f"[bold]{item.label}[/bold] ({item.key})")
-    out.print(item.description)
-    if isinstance(item, Action) and item.request:
-        out.print(f"request: {item.request.method} {item.request.path}")
-    if getattr(item, "scope", None):
-        out.print(f"OAuth scope: {item.scope}")  # type: ignore[union-attr]
+    _, item = found
+    console = out()
+    console.print(f"[bold]{item['label']}[/bold] ({item['key']})")
+    console.print(item["description"])
+    if item.get("request"):
+        console.print(f"request: {item['request']['method']} {item['request']['path']}")
+    if item.get("scope"):
+        console.print(f"OAuth scope: {item['scope']}")
     rows = [
         (
-            i.key,
-            i.label,
-            i.type.value + (f" ({i.collection})" if i.collection else ""),
-            "yes" if i.required else "",
-            "" if i.default is None else str(i.default),
-            ", ".join(i.model or []),
-            i.example if isinstance(i.example, str) else "" if i.example is None else "(JSON)",
+            i["key"],
+            i["label"],
+            i["type"] + (f" ({i['collection']})" if i["collection"] else ""),
+            "yes" if i["required"] else "",
+            "" if i["default"] is None else str(i["default"]),
+            ", ".join(i["model"] or []),
+            _example(i["example"]),
         )
-        for i in item.inputs
+        for i in item["inputs"]
     ]
     columns = ("key", "label", "type", "required", "default", "allowed", "example")
-    out.print(_table("Inputs", columns, rows))
+    console.print(_table("Inputs", columns, rows))
 
 
 @app.command()
 def validate() -> None:
     """Check the manifest, its implementations and the committed JSON Schema."""
+    from pagerduty_connector.component.manifest import SCHEMA_FILE, packaged, render_schema
+
     manifest = _manifest()
     committed = packaged(SCHEMA_FILE)
     if not committed.is_file() or committed.read_text(encoding="utf-8") != render_schema():
         raise fail(f"{SCHEMA_FILE} is out of date: run `pdc schema` and commit it")
-    out.print(
+    out().print(
         f"manifest ok: {len(manifest.actions)} actions, {len(manifest.triggers)} triggers, "
         f"{len(manifest.dataSources)} data sources, {len(manifest.connections)} connections"
     )
@@ -141,9 +173,11 @@ def validate() -> None:
 @app.command()
 def schema() -> None:
     """Regenerate manifest.schema.json from the pydantic models."""
+    from pagerduty_connector.component.manifest import SCHEMA_FILE, packaged, render_schema
+
     target = Path(str(packaged(SCHEMA_FILE)))
     target.write_text(render_schema(), encoding="utf-8")
-    out.print(f"wrote {target}")
+    out().print(f"wrote {target}")
 
 
 @app.command()
@@ -181,7 +215,7 @@ def mock(
         server = LocalPagerDuty(count=incidents, port=port)
     except OSError as exc:
         raise fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
-    err.print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")
+    err().print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -221,6 +255,15 @@ def parse_inputs(inputs_json: str | None, pairs: list[str]) -> dict[str, Any]:
 
 
 async def _run(manifest: Manifest, key: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    # Imported here, so the commands that only read the manifest start fast.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
+    from pagerduty_connector.component.context import StepContext
+    from pagerduty_connector.component.manifest import Action, DataSource
+    from pagerduty_connector.component.requester import run_step
+    from pagerduty_connector.connections import ConnectionConfig
+
     item = manifest.runnable(key)
     connection = ConnectionConfig.from_env()
     settings = ClientSettings.from_env()
@@ -233,7 +276,7 @@ async def _run(manifest: Manifest, key: str, inputs: dict[str, Any]) -> dict[str
         if not show_progress:
             return await run_step(ctx, key, inputs)
         with Progress(
-            TextColumn(f"{key}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+            TextColumn(f"{key}"), BarColumn(), MofNCompleteColumn(), console=err(), transient=True
         ) as bar:
             task = bar.add_task(key, total=None)
             ctx.progress = lambda done, total: bar.update(task, completed=done, total=total)

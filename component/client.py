@@ -20,7 +20,6 @@ from typing import Any, Literal, Protocol
 import certifi
 import httpx2
 
-from pagerduty_connector.component.environment import read_environment
 from pagerduty_connector.component.errors import ConfigurationError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, register_secret
 from pagerduty_connector.connections import ConnectionConfig
@@ -98,6 +97,10 @@ class ClientSettings:
     @classmethod
     def from_env(cls) -> ClientSettings:
         """Settings from ``PAGERDUTY_API_URL``, ``PAGERDUTY_EVENTS_URL`` and friends."""
+        # Imported here: pydantic-settings costs tens of milliseconds to import, and
+        # only the CLI and the runtime's start read the environment.
+        from pagerduty_connector.component.environment import read_environment
+
         env = read_environment()
         return cls(
             api_url=env.api_url,

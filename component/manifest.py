@@ -42,7 +42,9 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # defer_build: the validators are built on first validation, so a manifest read
+    # back from the validated cache (see load_manifest) never pays for them.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
 
 class InputType(StrEnum):

@@ -14,7 +14,6 @@ from typing import Literal
 
 import httpx2
 
-from pagerduty_connector.component.environment import read_environment
 from pagerduty_connector.component.errors import ConfigurationError
 
 Region = Literal["us", "eu"]
@@ -70,6 +69,10 @@ class ConnectionConfig:
     @classmethod
     def from_env(cls) -> ConnectionConfig:
         """Build the CLI's connection from ``PAGERDUTY_*`` environment variables."""
+        # Imported here: pydantic-settings costs tens of milliseconds to import, and
+        # only the CLI and the runtime's start read the environment.
+        from pagerduty_connector.component.environment import read_environment
+
         env = read_environment()
         if not env.api_token and not env.oauth_token:
             raise ConfigurationError(
