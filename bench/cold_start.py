@@ -45,7 +45,7 @@ def sample(command: list[str], env: dict[str, str], tty: bool) -> float:
                 break
         os.waitpid(pid, 0)
     else:
-        subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+        subprocess.run(command, env=env, capture_output=True, check=True)
     return time.perf_counter() - started
 
 

@@ -4,8 +4,8 @@
 needs pydantic and the manifest models, which take most of a command's start-up;
 yet the validated document is the same for the same manifest and the same models.
 So it is kept as JSON in the user's cache directory, under a hash of
-``manifest.yaml`` and ``manifest.schema.json`` (generated from the models, so it
-changes with them) and the package version. A miss, a damaged entry or a cache
+``manifest.yaml`` and of the models' source (``component/manifest.py``), so a
+change to either makes a new entry. A miss, a damaged entry or a cache
 that cannot be written just validates as usual: the cache only saves time.
 """
 
@@ -33,21 +33,13 @@ def cache_dir() -> Path:
 
 
 def _sources(path: Path | str | None) -> tuple[bytes, bytes]:
+    """The manifest's bytes and the models' source, which decide what validation yields."""
     from importlib.resources import files
 
     chosen = path or os.environ.get("PDC_MANIFEST")
     root = files(PACKAGE)
     manifest = Path(chosen).read_bytes() if chosen else (root / "manifest.yaml").read_bytes()
-    return manifest, (root / "manifest.schema.json").read_bytes()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pagerduty-connector")
-    except PackageNotFoundError:
-        return "unknown"
+    return manifest, (root / "component" / "manifest.py").read_bytes()
 
 
 def catalog(path: Path | str | None = None) -> dict[str, Any]:
@@ -56,12 +48,10 @@ def catalog(path: Path | str | None = None) -> dict[str, Any]:
     Raises ``ManifestError`` like ``load_manifest`` when the manifest is invalid.
     """
     try:
-        manifest_bytes, schema_bytes = _sources(path)
+        manifest_bytes, models_source = _sources(path)
     except FileNotFoundError:
-        manifest_bytes = schema_bytes = b""  # load_manifest names what is missing
-    digest = hashlib.sha256(
-        b"\0".join((manifest_bytes, schema_bytes, _version().encode()))
-    ).hexdigest()
+        manifest_bytes = models_source = b""  # load_manifest names what is missing
+    digest = hashlib.sha256(manifest_bytes + b"\0" + models_source).hexdigest()
     entry = cache_dir() / f"manifest-{digest}.json"
     try:
         return json.loads(entry.read_bytes())

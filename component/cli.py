@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 from pagerduty_connector.component.catalog import catalog, find
 from pagerduty_connector.component.errors import ComponentError
@@ -25,11 +24,10 @@ if TYPE_CHECKING:
 
     from pagerduty_connector.component.manifest import Manifest
 
-app = typer.Typer(
-    help="PagerDuty connector: list, describe and run its actions from a terminal.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def app() -> None:
+    """PagerDuty connector: list, describe and run its actions from a terminal."""
 
 
 @cache
@@ -48,10 +46,10 @@ def err() -> Console:
     return Console(stderr=True)
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> click.exceptions.Exit:
     """Print one line on stderr and return the exit to raise."""
     err().print(f"error: {redact(message)}", markup=False, highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+    return click.exceptions.Exit(code)
 
 
 def _catalog() -> dict[str, Any]:
@@ -124,10 +122,9 @@ def _example(value: Any) -> str:
 
 
 @app.command()
-def describe(
-    key: Annotated[str, typer.Argument(help="Action, trigger or data source key.")],
-) -> None:
-    """Show one action, trigger or data source with its inputs."""
+@click.argument("key")
+def describe(key: str) -> None:
+    """Show one action, trigger or data source (KEY) with its inputs."""
     found = find(_catalog(), key)
     if found is None:
         raise fail(f"no action, trigger, data source or connection has the key '{key}'")
@@ -181,11 +178,10 @@ def schema() -> None:
 
 
 @app.command()
-def docs(
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
-    ] = None,
-) -> None:
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), help="Write here instead of stdout."
+)
+def docs(output: Path | None) -> None:
     """Write the component reference in Markdown."""
     from pagerduty_connector.component.docs import render_markdown
 
@@ -197,12 +193,11 @@ def docs(
 
 
 @app.command()
-def mock(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9999,
-    incidents: Annotated[
-        int, typer.Option(help="How many incidents GET /incidents pages over.")
-    ] = 25,
-) -> None:
+@click.option("--port", default=9999, show_default=True, help="Port on 127.0.0.1.")
+@click.option(
+    "--incidents", default=25, show_default=True, help="Incidents GET /incidents pages over."
+)
+def mock(port: int, incidents: int) -> None:
     """Serve a stand-in PagerDuty on 127.0.0.1 for trying the connector and runtime.
 
     Point PAGERDUTY_API_URL at it. It answers incidents, notes, /abilities and a
@@ -284,18 +279,13 @@ async def _run(manifest: Manifest, key: str, inputs: dict[str, Any]) -> dict[str
 
 
 @app.command()
-def run(
-    key: Annotated[str, typer.Argument(help="Action or data source key.")],
-    inputs_json: Annotated[
-        str | None,
-        typer.Option("--inputs-json", help="Inputs as a JSON object, or @file.json."),
-    ] = None,
-    input_: Annotated[
-        list[str] | None,
-        typer.Option("--input", "-i", help="One input as name=value; repeat for lists."),
-    ] = None,
-) -> None:
-    """Run an action or data source against PagerDuty and print its result as JSON.
+@click.argument("key")
+@click.option("--inputs-json", help="Inputs as a JSON object, or @file.json.")
+@click.option(
+    "--input", "-i", "input_", multiple=True, help="One input as name=value; repeat for lists."
+)
+def run(key: str, inputs_json: str | None, input_: tuple[str, ...]) -> None:
+    """Run an action or data source (KEY) against PagerDuty and print its result as JSON.
 
     The connection comes from PAGERDUTY_API_TOKEN (or PAGERDUTY_OAUTH_TOKEN),
     PAGERDUTY_FROM and PAGERDUTY_REGION; PAGERDUTY_API_URL and
@@ -306,7 +296,9 @@ def run(
         manifest.runnable(key)
     except KeyError:
         raise fail(f"no action or data source has the key '{key}' (see `pdc actions`)") from None
-    values = parse_inputs(inputs_json, input_ or [])
+    values = parse_inputs(inputs_json, list(input_))
+    import asyncio
+
     try:
         result = asyncio.run(_run(manifest, key, values))
     except ComponentError as exc:

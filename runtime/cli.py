@@ -7,19 +7,16 @@ runtime itself is imported only when ``serve`` runs, so the other commands start
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
+import click
 
 from pagerduty_connector.component.cli import app, fail
 from pagerduty_connector.component.errors import ComponentError
 
 
 @app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface (default PDC_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default PDC_PORT).")] = None,
-) -> None:
+@click.option("--host", help="Interface (default PDC_HOST).")
+@click.option("--port", type=int, help="Port (default PDC_PORT).")
+def serve(host: str | None, port: int | None) -> None:
     """Start the runtime (management API and webhook intake) under uvicorn."""
     import logging
 

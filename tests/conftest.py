@@ -70,6 +70,15 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _manifest_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The CLI's manifest cache goes to a temporary folder, not the user's cache."""
+    folder = tmp_path_factory.mktemp("manifest-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PDC_CACHE_DIR", str(folder))
+        yield
+
+
 @pytest.fixture(scope="session")
 def manifest() -> Manifest:
     loaded = load_manifest()

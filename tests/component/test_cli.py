@@ -14,7 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 import respx
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from pagerduty_connector.component.cli import app
 from pagerduty_connector.component.manifest import Manifest, load_manifest
