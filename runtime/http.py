@@ -70,3 +70,12 @@ async def listed(engine: Engine, query: Any, view: Callable[[Engine, Any], Any])
     async with engine.store.session() as db:
         rows = (await db.execute(query)).scalars()
         return JSONResponse([view(engine, r) for r in rows])
+
+
+async def shown(
+    request: Request, model: type[RowT], param: str, what: str, view: Callable[[RowT], Any]
+) -> JSONResponse:
+    """The row named by path parameter ``param``, shown by ``view``, or a 404."""
+    async with engine_of(request).store.session() as db:
+        row = await row_or_404(db, model, request.path_params[param], what)
+    return JSONResponse(view(row))

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement
 from pagerduty_connector.component.standin.server import SECRETS_PATH, free_port
 from pagerduty_connector.triggers.signature import sign
 from tests.support import REPO
-from tests.support.processes import wait_until
+from tests.support.processes import finished, wait_until
 from tests.support.runtime import EVENT
 
 ROOT = "pagerduty_connector"
@@ -132,7 +132,22 @@ def test_no_httpx_in_the_dependency_tree() -> None:
     assert "httpx" not in seen
 
 
-def test_the_installed_cli_lists_validates_and_runs(installed: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def mock_pagerduty(installed: Path, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen([str(installed / "pdc"), "mock", "--port", str(port)], cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx2.get(f"{url}/abilities").status_code == 200, 30, "pdc mock")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_installed_cli_lists_validates_and_runs(
+    installed: Path, tmp_path: Path, mock_pagerduty: str
+) -> None:
     located = subprocess.run(
         [str(installed / "python"), "-c", f"import {ROOT}, sys; print({ROOT}.__file__)"],
         capture_output=True,
@@ -145,41 +160,16 @@ def test_the_installed_cli_lists_validates_and_runs(installed: Path, tmp_path: P
     assert "43 actions" in listed and "createIncidentNote" in listed
     assert "manifest ok: 43 actions" in run(installed, "validate", cwd=tmp_path)
 
-    port = free_port()
-    mock = subprocess.Popen([str(installed / "pdc"), "mock", "--port", str(port)], cwd=tmp_path)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx2.get(f"{url}/abilities").status_code == 200, 30, "pdc mock")
-        env = {"PAGERDUTY_API_URL": url, "PAGERDUTY_API_TOKEN": "u+wheel-test"}
-        result = json.loads(
-            run(installed, "run", "getIncident", "-i", "id=Q7", env=env, cwd=tmp_path)
-        )
-        assert result == {
-            "data": {"incident": {"id": "Q7", "title": "Server is on fire", "urgency": "high"}}
-        }
-        taken = subprocess.run(
-            [str(installed / "pdc"), "mock", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
-    finally:
-        mock.terminate()
-        mock.wait(timeout=30)
-
-
-@pytest.fixture
-def mock_pagerduty(installed: Path, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([str(installed / "pdc"), "mock", "--port", str(port)], cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx2.get(f"{url}/abilities").status_code == 200, 30, "pdc mock")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    env = {"PAGERDUTY_API_URL": mock_pagerduty, "PAGERDUTY_API_TOKEN": "u+wheel-test"}
+    result = json.loads(run(installed, "run", "getIncident", "-i", "id=Q7", env=env, cwd=tmp_path))
+    assert result == {
+        "data": {"incident": {"id": "Q7", "title": "Server is on fire", "urgency": "high"}}
+    }
+    port = mock_pagerduty.rsplit(":", 1)[1]
+    taken = subprocess.run(
+        [str(installed / "pdc"), "mock", "--port", port], capture_output=True, text=True, timeout=60
+    )
+    assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
 
 
 def test_the_installed_runtime_deploys_and_records_a_delivery(
@@ -227,15 +217,7 @@ def test_the_installed_runtime_deploys_and_records_a_delivery(
         )
         assert answer.status_code == 202, answer.text
         execution = answer.json()["execution"]
-        record = wait_until(
-            lambda: (
-                (r := api.get(f"/api/executions/{execution}").json())["status"]
-                in ("succeeded", "failed")
-                and r
-            ),
-            30,
-            "the flow to finish",
-        )
+        record = finished(api, execution, "the flow to finish")
         assert record["status"] == "succeeded", record
         assert [s["name"] for s in record["steps"]] == ["incident", "note"]
     finally:

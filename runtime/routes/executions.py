@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404
+from pagerduty_connector.runtime.http import engine_of, json_body, parse, shown
 from pagerduty_connector.runtime.routes.connections import find_connection
 from pagerduty_connector.runtime.store import (
     ExecutionRow,
@@ -74,10 +74,9 @@ async def get_execution(request: Request) -> JSONResponse:
       200: {description: the execution}
       404: {description: no such execution}
     """
-    engine = engine_of(request)
-    async with engine.store.session() as db:
-        row = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
-    return JSONResponse(execution_view(row, full=True))
+    return await shown(
+        request, ExecutionRow, "id", "execution", lambda row: execution_view(row, full=True)
+    )
 
 
 class StepTrialIn(BaseModel):

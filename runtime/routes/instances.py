@@ -4,6 +4,7 @@ enable and disable, tear down, and test a flow with a sample payload.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,7 +26,7 @@ from pagerduty_connector.runtime.deploy import (
 )
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow
-from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
+from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404, shown
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, record
 from pagerduty_connector.runtime.store import (
@@ -145,9 +146,7 @@ async def get_instance(request: Request) -> JSONResponse:
       404: {description: no such instance}
     """
     engine = engine_of(request)
-    async with engine.store.session() as db:
-        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
-    return JSONResponse(instance_view(engine, row))
+    return await shown(request, InstanceRow, "name", "instance", partial(instance_view, engine))
 
 
 async def set_enabled(request: Request) -> JSONResponse:

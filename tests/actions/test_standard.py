@@ -26,6 +26,13 @@ Ex = dict[str, Any]
 Body = Callable[[Ex], Any] | None
 
 
+def answer_with_example(pd: respx.MockRouter, method: str, path: str) -> tuple[respx.Route, Any]:
+    """A route answering ``method path`` with the spec's example response, and that body."""
+    status, body = example_response(method, path)
+    answer = httpx2.Response(status, json=body) if body is not None else httpx2.Response(status)
+    return pd.route(method=method, url=REST + path).mock(return_value=answer), body
+
+
 def unwrap(input_key: str, wrapper: str) -> Callable[[Ex], Any]:
     return lambda ex: {wrapper: ex[input_key][wrapper]}
 
@@ -186,12 +193,7 @@ async def test_examples_send_the_documented_request(
 ) -> None:
     action = next(a for a in manifest.actions if a.key == key)
     method, path, query, body = EXPECTED[key]
-    status, response_body = example_response(method, path)
-    route = pd.route(method=method, url=REST + path).mock(
-        return_value=httpx2.Response(status, json=response_body)
-        if response_body is not None
-        else httpx2.Response(status)
-    )
+    route, response_body = answer_with_example(pd, method, path)
     ex = examples(action)
 
     result = await run(key, ex)
@@ -264,12 +266,7 @@ async def test_each_query_input_reaches_its_parameter(
     action = next(a for a in manifest.actions if a.key == key)
     spec = next(i for i in action.inputs if i.key == input_key)
     method, path, _, _ = EXPECTED[key]
-    status, response_body = example_response(method, path)
-    route = pd.route(method=method, url=REST + path).mock(
-        return_value=httpx2.Response(status, json=response_body)
-        if response_body is not None
-        else httpx2.Response(status)
-    )
+    route, _ = answer_with_example(pd, method, path)
     value = query_value(spec)
     given = "True" if spec.type is InputType.BOOLEAN else value
     await run(key, {**examples(action), input_key: given})

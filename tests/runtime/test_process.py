@@ -16,7 +16,7 @@ from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
 from pagerduty_connector.triggers.signature import sign
-from tests.support.processes import wait_until
+from tests.support.processes import finished, wait_until
 from tests.support.runtime import EVENT, FLOW, make_connection
 
 ADMIN = "process-admin-token-7788"
@@ -80,15 +80,7 @@ def test_sigkilled_server_resumes_a_recorded_execution(
 
         server = start()
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
-        record = wait_until(
-            lambda: (
-                (r := api.get(f"/api/executions/{execution}").json())["status"]
-                in ("succeeded", "failed")
-                and r
-            ),
-            30,
-            "the resumed execution to finish",
-        )
+        record = finished(api, execution, "the resumed execution to finish")
         assert record["status"] == "succeeded", record
         assert pagerduty.requests.count(("POST", "/incidents/Q1P5/notes")) == 1
         assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()

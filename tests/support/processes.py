@@ -21,3 +21,16 @@ def wait_until(condition: Callable[[], Any], seconds: float, what: str) -> Any:
             pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished(api: httpx2.Client, execution_id: str, what: str = "the execution to finish") -> Any:
+    """The execution's record once it has succeeded or failed."""
+    return wait_until(
+        lambda: (
+            (record := api.get(f"/api/executions/{execution_id}").json())["status"]
+            in ("succeeded", "failed")
+            and record
+        ),
+        30,
+        what,
+    )
