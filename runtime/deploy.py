@@ -1,4 +1,10 @@
-"""Instance deploy and teardown: validation, then the triggers' hooks, in one transaction.
+"""Instance deploy and teardown: validation, then the triggers' hooks, one instance at a time.
+
+No database transaction is open while PagerDuty is called: each deploy reads what it
+needs, talks to PagerDuty, then stores the result in one short transaction (on SQLite a
+write transaction held across slow PagerDuty calls stalled every other writer, intake
+included). Two deploys of one instance never overlap (``DeployLocks``), so concurrent
+redeploys cannot both create a subscription for one flow.
 
 On deploy the triggers' deploy hooks run with the subscriptions the flows need, so
 PagerDuty holds exactly one per flow; whatever an owned URL no longer needs (a
@@ -10,17 +16,26 @@ trigger's teardown hook deletes everything delivering to the instance, across pa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pagerduty_connector.component.contracts import Trigger
 from pagerduty_connector.component.errors import DeployError, InputError
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.flows import Flow, validate_flow
-from pagerduty_connector.runtime.store import ConnectionRow, InstanceRow, SubscriptionRow, select
+from pagerduty_connector.runtime.store import (
+    ConnectionRow,
+    InstanceRow,
+    Store,
+    SubscriptionRow,
+    select,
+)
 from pagerduty_connector.triggers.subscriptions import Desired, Held, SyncResult, undo_created
 
 if TYPE_CHECKING:
@@ -116,16 +131,51 @@ def require_connection(instance: InstanceRow) -> None:
         )
 
 
-async def deploy_triggers(engine: Engine, db: AsyncSession, instance: InstanceRow) -> SyncResult:
-    """Run each trigger's deploy hook for its flows; store the subscriptions they hold.
+class DeployLocks:
+    """One deploy or teardown per instance at a time: in this process with an asyncio lock
+    per instance, and across processes sharing a PostgreSQL database with a session-level
+    advisory lock (it blocks no writer; SQLite is served by one process)."""
 
-    Runs inside the caller's transaction. If a later hook fails, what the earlier
-    ones created is deleted before the error is raised.
-    """
-    require_connection(instance)
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @asynccontextmanager
+    async def hold(self, instance_id: str) -> AsyncIterator[None]:
+        """Hold the instance's lock for the block."""
+        lock = self._locks.setdefault(instance_id, asyncio.Lock())
+        async with lock:
+            if self.store.is_sqlite:
+                yield
+                return
+            key = int.from_bytes(
+                hashlib.sha256(instance_id.encode()).digest()[:8], "big", signed=True
+            )
+            async with self.store.engine.connect() as connection:
+                await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                await connection.commit()
+                try:
+                    yield
+                finally:
+                    await connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    await connection.commit()
+
+
+async def _connection_of(engine: Engine, db: AsyncSession, instance: InstanceRow) -> ConnectionRow:
     connection = await db.get(ConnectionRow, instance.connection_id)
-    assert connection is not None
-    held = await held_subscriptions(engine, db, instance.id)
+    if connection is None:
+        raise InputError(instance.id, "connection", "the connection was deleted meanwhile")
+    return connection
+
+
+async def sync_triggers(
+    engine: Engine, connection: ConnectionRow, instance: InstanceRow, held: list[Held]
+) -> SyncResult:
+    """Run each trigger's deploy hook for its flows (PagerDuty only, no database).
+
+    If a later hook fails, what the earlier ones created is deleted before the error
+    is raised.
+    """
     owned = owned_by(engine, instance.id)
     urls = {engine.webhook_url(instance.id, f["name"]) for f in instance.flows}
     # Each hook removes only what no flow of the instance wants any more.
@@ -142,36 +192,43 @@ async def deploy_triggers(engine: Engine, db: AsyncSession, instance: InstanceRo
             total.held += result.held
             total.created += result.created
             total.log += result.log
-    await replace_held(engine, db, instance.id, total.held)
     return total
 
 
-async def commit_deploy(engine: Engine, db: AsyncSession, row: InstanceRow) -> list[str]:
-    """Deploy the triggers and commit; undo what they created if the commit fails."""
-    result = await deploy_triggers(engine, db, row)
+async def deploy(engine: Engine, instance: InstanceRow) -> list[str]:
+    """Deploy ``instance`` (a detached row with every field to store) and store it.
+
+    Read, PagerDuty, write: each database step is its own short transaction. If the
+    instance cannot be stored afterwards, the subscriptions the deploy created are
+    deleted again. The caller holds the instance's ``DeployLocks`` lock.
+    """
+    require_connection(instance)
+    async with engine.store.session() as db:
+        connection = await _connection_of(engine, db, instance)
+        held = await held_subscriptions(engine, db, instance.id)
+    result = await sync_triggers(engine, connection, instance, held)
     try:
-        await db.commit()
-        engine.intake.forget(row.id)
+        async with engine.store.session() as db:
+            await db.merge(instance)
+            await replace_held(engine, db, instance.id, result.held)
+            await db.commit()
     except Exception:
-        await db.rollback()
-        connection = await db.get(ConnectionRow, row.connection_id) if row.connection_id else None
-        if connection is not None:
-            async with engine.client(engine.connection_config(connection)) as client:
-                await undo_created(client, result.created)
+        async with engine.client(engine.connection_config(connection)) as client:
+            await undo_created(client, result.created)
         raise
+    engine.intake.forget(instance.id)
     return result.log
 
 
-async def teardown_triggers(engine: Engine, db: AsyncSession, instance: InstanceRow) -> list[str]:
-    """Run each trigger's teardown hook; return the subscription ids removed."""
-    if not instance.connection_id:
-        return []
-    connection = await db.get(ConnectionRow, instance.connection_id)
-    assert connection is not None
+async def teardown(engine: Engine, instance: InstanceRow) -> list[str]:
+    """Run each trigger's teardown hook (no transaction open), then forget the
+    subscriptions; return the ids removed. The caller holds the instance's lock."""
     deleted: list[str] = []
-    owned = owned_by(engine, instance.id)
-    async with engine.client(engine.connection_config(connection)) as client:
-        for trigger, _ in by_hook(instance.flows):
-            deleted += await trigger.teardown(client, owned)
-    await replace_held(engine, db, instance.id, [])
+    if instance.connection_id:
+        async with engine.store.session() as db:
+            connection = await _connection_of(engine, db, instance)
+        owned = owned_by(engine, instance.id)
+        async with engine.client(engine.connection_config(connection)) as client:
+            for trigger, _ in by_hook(instance.flows):
+                deleted += await trigger.teardown(client, owned)
     return deleted

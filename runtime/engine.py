@@ -24,6 +24,7 @@ from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
 from pagerduty_connector.runtime.crypto import SecretBox
+from pagerduty_connector.runtime.deploy import DeployLocks
 from pagerduty_connector.runtime.flows import Flow, run_flow
 from pagerduty_connector.runtime.intake import IntakeCache
 from pagerduty_connector.runtime.settings import RuntimeSettings
@@ -83,6 +84,7 @@ class Engine:
         self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
         self._retired: list[PagerDutyClient] = []
         self.writer = ExecutionWriter(store)
+        self.deploys = DeployLocks(store)
 
     def webhook_url(self, instance_id: str, flow_name: str) -> str:
         """The public URL PagerDuty delivers a flow's webhooks to."""

@@ -113,7 +113,9 @@ def mount_subscriptions(router: respx.MockRouter, page_size: int = 100) -> FakeS
         status, data = fake.handle(request.method, request.url.path, query, body)
         return httpx2.Response(status, json=data) if data is not None else httpx2.Response(status)
 
-    router.route(url__regex=rf"^{re.escape(REST)}/webhook_subscriptions").mock(side_effect=answer)
+    router.route(
+        url__regex=rf"^{re.escape(REST)}/webhook_subscriptions", name="subscriptions"
+    ).mock(side_effect=answer)
     return fake
 
 

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import delete
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,9 +20,9 @@ from pagerduty_connector.component.errors import (
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.deploy import (
-    commit_deploy,
+    deploy,
     scopes_needed,
-    teardown_triggers,
+    teardown,
     validate_flows,
 )
 from pagerduty_connector.runtime.engine import Engine
@@ -31,6 +32,7 @@ from pagerduty_connector.runtime.routes.connections import NAME, find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, record
 from pagerduty_connector.runtime.store import (
     InstanceRow,
+    SubscriptionRow,
     now,
     select,
 )
@@ -76,8 +78,14 @@ async def _validated(engine: Engine, data: InstanceIn) -> tuple[str | None, list
     return connection.id, warnings
 
 
-def _deployed_view(engine: Engine, row: InstanceRow, log: list[str], warnings: list[str]) -> Any:
-    return {**instance_view(engine, row), "deploy": {"log": log, "warnings": warnings}}
+async def _deployed(
+    engine: Engine, name: str, log: list[str], warnings: list[str], status: int = 200
+) -> JSONResponse:
+    """The stored instance, with what its deploy did."""
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, name, "instance")
+    view = {**instance_view(engine, row), "deploy": {"log": log, "warnings": warnings}}
+    return JSONResponse(view, status_code=status)
 
 
 async def deploy_instance(request: Request) -> JSONResponse:
@@ -99,12 +107,12 @@ async def deploy_instance(request: Request) -> JSONResponse:
         config=data.config,
         state={"deployed": True},
     )
-    async with engine.store.session() as db:
-        if await db.get(InstanceRow, data.name):
-            raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
-        db.add(row)
-        log = await commit_deploy(engine, db, row)
-    return JSONResponse(_deployed_view(engine, row, log, warnings), status_code=201)
+    async with engine.deploys.hold(data.name):
+        async with engine.store.session() as db:
+            if await db.get(InstanceRow, data.name):
+                raise HTTPException(409, f"instance '{data.name}' exists: use PUT to redeploy")
+        log = await deploy(engine, row)
+    return await _deployed(engine, data.name, log, warnings, status=201)
 
 
 async def redeploy_instance(request: Request) -> JSONResponse:
@@ -119,13 +127,20 @@ async def redeploy_instance(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     data: InstanceIn = parse(InstanceIn, {**await json_body(request), "name": name})
     connection_id, warnings = await _validated(engine, data)
-    async with engine.store.session() as db:
-        row = await row_or_404(db, InstanceRow, name, "instance")
-        row.enabled, row.connection_id = data.enabled, connection_id
-        row.flows = [f.model_dump() for f in data.flows]
-        row.config, row.updated_at, row.state = data.config, now(), {"deployed": True}
-        log = await commit_deploy(engine, db, row)
-        return JSONResponse(_deployed_view(engine, row, log, warnings))
+    async with engine.deploys.hold(name):
+        async with engine.store.session() as db:
+            await row_or_404(db, InstanceRow, name, "instance")
+        row = InstanceRow(
+            id=name,
+            enabled=data.enabled,
+            connection_id=connection_id,
+            flows=[f.model_dump() for f in data.flows],
+            config=data.config,
+            state={"deployed": True},
+            updated_at=now(),
+        )
+        log = await deploy(engine, row)
+    return await _deployed(engine, name, log, warnings)
 
 
 async def list_instances(request: Request) -> JSONResponse:
@@ -176,23 +191,25 @@ async def delete_instance(request: Request) -> Response:
     """
     engine = engine_of(request)
     name = request.path_params["name"]
-    async with engine.store.session() as db:
-        row = await row_or_404(db, InstanceRow, name, "instance")
+    async with engine.deploys.hold(name):
+        async with engine.store.session() as db:
+            row = await row_or_404(db, InstanceRow, name, "instance")
         try:
-            await teardown_triggers(engine, db, row)
+            await teardown(engine, row)
         except ComponentError as exc:
-            await db.rollback()
             reason = f"teardown of instance '{name}' is incomplete: {exc}"
-            row = await db.get(InstanceRow, name)
-            assert row is not None
-            row.enabled, row.updated_at = False, now()
-            row.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
-            await db.commit()
+            async with engine.store.session() as db:
+                kept = await row_or_404(db, InstanceRow, name, "instance")
+                kept.enabled, kept.updated_at = False, now()
+                kept.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
+                await db.commit()
             engine.intake.forget(name)
             advice = "the instance is disabled; retry DELETE to finish"
             raise DeployError(f"{reason}; {advice}") from None
-        await db.delete(row)
-        await db.commit()
+        async with engine.store.session() as db:
+            await db.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == name))
+            await db.execute(delete(InstanceRow).where(InstanceRow.id == name))
+            await db.commit()
     engine.intake.forget(name)
     return Response(status_code=204)
 
