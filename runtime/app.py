@@ -40,7 +40,7 @@ def create_app(
             settings, checked, store, transport=transport, client_settings=client_settings
         )
         app.state.engine = engine
-        await engine.resume()
+        await engine.start()
         log.info("runtime ready at %s", settings.public_url)
         try:
             yield

@@ -182,7 +182,7 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-StepRunner = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+StepRunner = Callable[[Step, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 async def run_flow(
@@ -202,7 +202,7 @@ async def run_flow(
                 continue
             inputs = render(step.inputs, scope)
             record["inputs"] = _redacted_inputs(manifest, step.action, inputs)
-            result = await run_step(step.action, inputs)
+            result = await run_step(step, inputs)
             scope["steps"][step.name] = result
             record.update(status="succeeded", result=_redact_value(result))
         except (ComponentError, TemplateError, TypeError, ValueError) as exc:

@@ -36,7 +36,18 @@ class RuntimeSettings(BaseSettings):
     )
     admin_token: str | None = Field(default=None, repr=False)
     secret_key: str | None = Field(default=None, repr=False, description="Fernet key.")
-    flow_concurrency: int = Field(default=4, ge=1, le=256)
+    flow_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Executions of one flow running at once, everywhere."
+    )
+    executor_id: str = Field(
+        default="local",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="This process's name for DBOS: unique per replica, the same after a restart.",
+    )
+    queue_polling_interval: float = Field(default=0.05, gt=0, le=10)
+    step_attempts: int = Field(default=4, ge=1, le=20, description="Tries of a flow step.")
+    step_backoff: float = Field(default=1.0, ge=0, description="First retry's delay (s).")
+    step_backoff_max: float = Field(default=30.0, ge=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 

@@ -4,7 +4,7 @@ the quickstart, the process tests and the benchmarks.
 It answers ``GET /incidents`` (offset pagination over generated incidents),
 ``GET /incidents/{id}``, ``POST /incidents/{id}/notes``, ``GET /abilities`` and
 the ``/webhook_subscriptions`` API (``subscriptions.FakeSubscriptions``), optionally
-after a delay (``first_get_delay`` holds only the first ``GET /incidents/{id}``,
+after a delay (``hold=(method, path, seconds)`` holds only the first such request,
 to catch a runtime mid-step), and records the method and path of every request.
 ``GET /_mock/secrets`` (not PagerDuty's) lists the signing secret of every
 subscription it created by delivery URL, so a person or a benchmark can sign
@@ -62,12 +62,16 @@ class LocalPagerDuty(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, count: int = 0, delay: float = 0.0, first_get_delay: float = 0.0, port: int = 0
+        self,
+        count: int = 0,
+        delay: float = 0.0,
+        hold: tuple[str, str, float] | None = None,
+        port: int = 0,
     ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.incidents = [incident(n) for n in range(count)]
         self.delay = delay
-        self.first_get_delay = first_get_delay
+        self.hold = hold
         self.requests: list[tuple[str, str]] = []
         self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
         self.subscriptions = FakeSubscriptions()
@@ -79,10 +83,15 @@ class LocalPagerDuty(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def record(self, method: str, path: str) -> int:
-        """Remember a request; return how many came before it."""
+        """Remember a request (holding it if it is the first one ``hold`` names); return how
+        many came before it."""
         with self._lock:
             self.requests.append((method, path))
-            return len(self.requests) - 1
+            before = len(self.requests) - 1
+            first = self.requests.count((method, path)) == 1
+        if self.hold and self.hold[:2] == (method, path) and first:
+            time.sleep(self.hold[2])
+        return before
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,7 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
             subs = self.server.subscriptions
             urls = {i: s["delivery_method"]["url"] for i, s in subs.subscriptions.items()}
             return self._send(200, {urls[i]: secret for i, secret in subs.secrets.items()})
-        before = self.server.record("GET", parts.path)
+        self.server.record("GET", parts.path)
         if parts.path == "/abilities":
             return self._send(200, {"abilities": ["teams"]})
         if parts.path == "/incidents":
@@ -146,9 +155,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.pages[parts.query] = page
             return self._send(200, page)
         if parts.path.startswith("/incidents/"):
-            earlier = self.server.requests[:before]
-            if not any(m == "GET" and p.startswith("/incidents/") for m, p in earlier):
-                time.sleep(self.server.first_get_delay)
             incident_id = parts.path.rsplit("/", 1)[-1]
             incident = {"id": incident_id, "title": "Server is on fire", "urgency": "high"}
             return self._send(200, {"incident": incident})

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
-from pagerduty_connector.runtime.engine import Engine, Known
+from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.http import engine_of
 from pagerduty_connector.runtime.intake import IntakeTarget
 from pagerduty_connector.runtime.store import (
@@ -59,8 +59,7 @@ async def record(
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
     if reason is None:
-        known = Known(output, flow["name"], target.instance_id, target.flows, target.connection)
-        engine.submit(row["id"], target.instance_id, flow["name"], known)
+        await engine.submit(row["id"], target.instance_id, flow["name"])
     return JSONResponse({"execution": row["id"], "status": status}, status_code=202)
 
 

@@ -216,7 +216,7 @@ async def test_steps_run_in_order_with_results_feeding_templates(
         ]
     )
     status, records = await run_flow(
-        the_flow, manifest, TRIGGER, lambda key, inputs: run_step(ctx, key, inputs)
+        the_flow, manifest, TRIGGER, lambda step, inputs: run_step(ctx, step.action, inputs)
     )
     assert status == "succeeded", records
     assert [(r["name"], r["status"]) for r in records] == [
@@ -242,7 +242,9 @@ async def test_on_error_stop_and_continue(
             {"name": "get", "action": "getIncident", "inputs": {"id": "GONE"}, "onError": on_error},
             {"name": "after", "action": "listPriorities"},
         ]
-        return await run_flow(flow(steps), manifest, TRIGGER, lambda k, i: run_step(ctx, k, i))
+        return await run_flow(
+            flow(steps), manifest, TRIGGER, lambda step, i: run_step(ctx, step.action, i)
+        )
 
     status, records = await go("stop")
     assert status == "failed" and [r["name"] for r in records] == ["get"]

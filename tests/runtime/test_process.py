@@ -1,4 +1,5 @@
-"""``pdc serve`` as a real process: a SIGKILLed server resumes what it had recorded."""
+"""``pdc serve`` as a real process: a SIGKILLed server resumes what it had recorded, and
+the steps that had finished are not sent to PagerDuty again."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ API_KEY = "u+PROCESS-key-1234"
 
 @pytest.fixture
 def pagerduty() -> Iterator[LocalPagerDuty]:
-    with running(first_get_delay=60) as server:
+    # The third step (GET /incidents) hangs the first time, so the server is killed there.
+    with running(count=3, hold=("GET", "/incidents", 60)) as server:
         yield server
 
 
@@ -59,8 +61,9 @@ def test_sigkilled_server_resumes_a_recorded_execution(
     try:
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
         make_connection(api, API_KEY)
+        flow = {**FLOW, "steps": [*FLOW["steps"], {"name": "others", "action": "listIncidents"}]}
         deployed = api.post(
-            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [flow]}
         )
         assert deployed.status_code == 201, deployed.text
         (secret,) = pagerduty.subscriptions.secrets.values()
@@ -72,9 +75,7 @@ def test_sigkilled_server_resumes_a_recorded_execution(
         )
         assert answer.status_code == 202
         execution = answer.json()["execution"]
-        wait_until(
-            lambda: ("GET", "/incidents/Q1P5") in pagerduty.requests, 30, "the first step to start"
-        )
+        wait_until(lambda: ("GET", "/incidents") in pagerduty.requests, 30, "the third step")
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
 
@@ -82,7 +83,13 @@ def test_sigkilled_server_resumes_a_recorded_execution(
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
         record = finished(api, execution, "the resumed execution to finish")
         assert record["status"] == "succeeded", record
-        assert pagerduty.requests.count(("POST", "/incidents/Q1P5/notes")) == 1
+        assert [s["name"] for s in record["steps"]] == ["incident", "note", "others"]
+        # The two steps that finished before the kill ran once; the one cut off ran again.
+        sent = pagerduty.requests
+        assert sent.count(("GET", "/incidents/Q1P5")) == 1
+        assert sent.count(("POST", "/incidents/Q1P5/notes")) == 1
+        assert sent.count(("GET", "/incidents")) == 2
+        assert len(record["steps"][2]["result"]["data"]["incidents"]) == 3
         assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()
     finally:
         server.terminate()

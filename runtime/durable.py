@@ -1,0 +1,244 @@
+"""Durable flow runs on DBOS Transact: an execution is a workflow, a flow step a checkpoint.
+
+Each recorded execution runs as the DBOS workflow whose id is the execution's id. Its
+first step reads the plan (the trigger's output, the flow, the connection) and every
+attempt of every flow step is a DBOS step: a finished step's output is stored and
+never run again, so after a crash the workflow resumes where it stopped and each step
+that reached PagerDuty is not sent twice (as far as a process that dies between
+PagerDuty's answer and the checkpoint allows). Retryable failures (429, 5xx, network)
+are retried inside the workflow with bounded backoff and durable sleeps, and every
+attempt is recorded.
+
+Workflows wait in one DBOS queue partitioned by instance and flow, so no flow runs more
+than ``PDC_FLOW_CONCURRENCY`` executions at once, across every process sharing the
+database. DBOS keeps its tables in the runtime's own database (SQLite file or
+PostgreSQL), and everything it stores (inputs, step outputs) is sealed with the
+runtime's Fernet key by ``SealedSerializer``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from typing import TYPE_CHECKING, Any
+
+from cryptography.fernet import Fernet
+from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
+from dbos._serialization import Serializer
+from sqlalchemy.engine import make_url
+
+from pagerduty_connector.component.errors import ComponentError, PagerDutyError
+from pagerduty_connector.component.redact import get_logger, redact
+from pagerduty_connector.runtime.flows import Flow, Step, run_flow
+from pagerduty_connector.runtime.store import ConnectionRow, ExecutionRow, InstanceRow, now
+
+if TYPE_CHECKING:
+    from dbos import Queue, WorkflowHandleAsync
+
+    from pagerduty_connector.runtime.engine import Engine
+
+log = get_logger("durable")
+QUEUE = "pdc-flows"
+# One version for every process: DBOS recovers only workflows of its own version, and
+# any replica must be able to finish another's executions.
+APPLICATION_VERSION = "pdc-1"
+_engine: Engine | None = None
+
+
+def current() -> Engine:
+    """The engine the running workflows belong to (DBOS is one per process)."""
+    if _engine is None:
+        raise RuntimeError("the durable engine is not started")
+    return _engine
+
+
+def system_database_url(database_url: str) -> str:
+    """DBOS's (synchronous) URL for the runtime's database: the same file or database."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return url.set(drivername="sqlite").render_as_string(hide_password=False)
+    return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+class SealedSerializer(Serializer):
+    """What DBOS stores (workflow inputs, step outputs, errors), pickled then sealed with
+    Fernet: step outputs can hold PagerDuty data and secrets, and only data sealed with
+    the runtime's key is ever unpickled."""
+
+    def __init__(self, key: str) -> None:
+        self._fernet = Fernet(key.encode())
+
+    def serialize(self, data: Any) -> str:
+        """Seal ``data``."""
+        return self._fernet.encrypt(pickle.dumps(data)).decode("ascii")
+
+    def deserialize(self, serialized_data: str) -> Any:
+        """Open what ``serialize`` sealed."""
+        return pickle.loads(self._fernet.decrypt(serialized_data.encode("ascii")))
+
+    def name(self) -> str:
+        """The name DBOS records next to each value."""
+        return "pdc_sealed_pickle"
+
+
+class StepFailed(ComponentError):
+    """A flow step failed for good (after its retries); the message says why."""
+
+
+class Durable:
+    """Starts DBOS in this process and submits executions to its queue."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queue: Queue | None = None
+        self._handles: dict[str, WorkflowHandleAsync[Any]] = {}
+
+    async def start(self) -> None:
+        """Launch DBOS (recovering this executor's unfinished workflows) and the queue."""
+        global _engine
+        settings = self.engine.settings
+        _engine = self.engine
+        DBOS(
+            config={
+                "name": "pagerduty-connector",
+                "system_database_url": system_database_url(settings.resolved_database_url()),
+                "executor_id": settings.executor_id,
+                "application_version": APPLICATION_VERSION,
+                "serializer": SealedSerializer(settings.secret_key or ""),
+                "log_level": "WARNING",
+            }
+        )
+        # Launched from the running loop: DBOS then runs queued workflows on this loop.
+        DBOS.launch()
+        self.queue = await DBOS.register_queue_async(
+            QUEUE,
+            partition_concurrency=settings.flow_concurrency,
+            polling_interval_sec=settings.queue_polling_interval,
+        )
+
+    async def stop(self) -> None:
+        """Stop DBOS; unfinished workflows resume at the next start."""
+        global _engine
+        DBOS.destroy(destroy_registry=False)
+        _engine = None
+
+    async def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
+        """Queue the workflow of a recorded execution (idempotent: its id is the
+        execution's, so a second submit finds the first)."""
+        assert self.queue is not None
+        with (
+            SetWorkflowID(execution_id),
+            SetEnqueueOptions(queue_partition_key=f"{instance_id}/{flow}"),
+        ):
+            self._handles[execution_id] = await self.queue.enqueue_async(run_execution)
+
+    async def drain(self) -> None:
+        """Wait for the workflows this process submitted (tests, graceful shutdown)."""
+        while self._handles:
+            execution_id, handle = next(iter(self._handles.items()))
+            try:
+                await handle.get_result()
+            except Exception:  # the record says what went wrong
+                log.debug("execution %s ended with an error", execution_id)
+            self._handles.pop(execution_id, None)
+
+
+def retryable(error: ComponentError, method: str | None) -> bool:
+    """429 always; 5xx and network failures unless a POST may already have taken effect."""
+    if not isinstance(error, PagerDutyError):
+        return False
+    if error.status == 429:
+        return True
+    sent_safely = (method or error.method or "GET").upper() != "POST"
+    return sent_safely and (error.status is None or error.status >= 500)
+
+
+@DBOS.step(name="pdc.plan")
+async def load_plan(execution_id: str) -> dict[str, Any] | None:
+    """What the execution runs: its trigger output and the flow as it is now."""
+    engine = current()
+    async with engine.store.session() as db:
+        execution = await db.get(ExecutionRow, execution_id)
+        instance = await db.get(InstanceRow, execution.instance_id) if execution else None
+    if execution is None or instance is None:
+        return None
+    flows = {f["name"]: f for f in instance.flows}
+    if execution.flow not in flows:
+        return None
+    return {
+        "instance": instance.id,
+        "flow": flows[execution.flow],
+        "trigger": execution.trigger or {},
+        "connection": instance.connection_id,
+        "urls": {name: engine.webhook_url(instance.id, name) for name in flows},
+    }
+
+
+@DBOS.step(name="pdc.started")
+async def mark_started(execution_id: str) -> str:
+    """Record that the execution started (once: a recovered run keeps the first time)."""
+    started = now()
+    await current().writer.update(execution_id, {"status": "running", "started_at": started})
+    return started.isoformat()
+
+
+@DBOS.step(name="pdc.action")
+async def call_action(
+    connection_id: str | None, action: str, inputs: dict[str, Any], urls: dict[str, str]
+) -> dict[str, Any]:
+    """One attempt of one flow step; failures are returned, not raised, so each is kept."""
+    engine = current()
+    try:
+        connection = None
+        if connection_id:
+            async with engine.store.session() as db:
+                connection = await db.get(ConnectionRow, connection_id)
+        result = await engine.run_action(connection, action, inputs, urls)
+    except ComponentError as exc:
+        method = getattr(engine.manifest.runnable(action), "request", None)
+        return {
+            "ok": False,
+            "error": redact(f"{type(exc).__name__}: {exc}"),
+            "retryable": retryable(exc, method.method if method else None),
+        }
+    return {"ok": True, "result": result}
+
+
+async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Run a flow step, retrying retryable failures with backoff; raise ``StepFailed``."""
+    settings = current().settings
+    tries: list[dict[str, Any]] = []
+    for number in range(1, settings.step_attempts + 1):
+        outcome = await call_action(plan["connection"], step.action, inputs, plan["urls"])
+        tries.append({"attempt": number, "ok": outcome["ok"], "error": outcome.get("error")})
+        plan.setdefault("attempts", {})[step.name] = tries
+        if outcome["ok"]:
+            return outcome["result"]
+        if not outcome["retryable"] or number == settings.step_attempts:
+            raise StepFailed(outcome["error"])
+        delay = min(settings.step_backoff * 2 ** (number - 1), settings.step_backoff_max)
+        await DBOS.sleep_async(random.uniform(delay / 2, delay))
+    raise AssertionError("unreachable")
+
+
+@DBOS.workflow(name="pdc.execution")
+async def run_execution() -> str:
+    """Run the flow of the execution whose id is this workflow's id; record every step."""
+    engine = current()
+    execution_id = DBOS.workflow_id
+    assert execution_id is not None
+    plan = await load_plan(execution_id)
+    if plan is None:
+        await engine.finish(execution_id, "failed", error="the instance or flow no longer exists")
+        return "failed"
+    await mark_started(execution_id)
+    flow = Flow.model_validate(plan["flow"])
+    status, records = await run_flow(
+        flow, engine.manifest, plan["trigger"], lambda step, inputs: attempt(plan, step, inputs)
+    )
+    for record in records:
+        tries = plan.get("attempts", {}).get(record["name"])
+        if tries:
+            record["attempts"] = tries
+    await engine.finish(execution_id, status, steps=records)
+    return status
