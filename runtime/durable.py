@@ -128,9 +128,17 @@ class Durable:
         assert self.queue is not None
         with (
             SetWorkflowID(execution_id),
-            SetEnqueueOptions(queue_partition_key=f"{instance_id}/{flow}"),
+            SetEnqueueOptions(queue_partition_key=partition(instance_id, flow)),
         ):
             self._handles[execution_id] = await self.queue.enqueue_async(run_execution)
+
+    async def fork(self, execution_id: str, checkpoint: int, new_id: str, partition: str) -> None:
+        """Run execution ``execution_id`` again as ``new_id`` from its DBOS step
+        ``checkpoint``: the steps before it keep their recorded outputs."""
+        with SetWorkflowID(new_id):
+            self._handles[new_id] = await DBOS.fork_workflow_async(
+                execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
+            )
 
     async def drain(self) -> None:
         """Wait for the workflows this process submitted (tests, graceful shutdown)."""
@@ -141,6 +149,11 @@ class Durable:
             except Exception:  # the record says what went wrong
                 log.debug("execution %s ended with an error", execution_id)
             self._handles.pop(execution_id, None)
+
+
+def partition(instance_id: str, flow: str) -> str:
+    """The queue partition of a flow: its concurrency limit holds per partition."""
+    return f"{instance_id}/{flow}"
 
 
 def retryable(error: ComponentError, method: str | None) -> bool:
@@ -200,8 +213,9 @@ async def call_action(
             "ok": False,
             "error": redact(f"{type(exc).__name__}: {exc}"),
             "retryable": retryable(exc, method.method if method else None),
+            "checkpoint": DBOS.step_id,
         }
-    return {"ok": True, "result": result}
+    return {"ok": True, "result": result, "checkpoint": DBOS.step_id}
 
 
 async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +224,14 @@ async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> d
     tries: list[dict[str, Any]] = []
     for number in range(1, settings.step_attempts + 1):
         outcome = await call_action(plan["connection"], step.action, inputs, plan["urls"])
-        tries.append({"attempt": number, "ok": outcome["ok"], "error": outcome.get("error")})
+        tries.append(
+            {
+                "attempt": number,
+                "ok": outcome["ok"],
+                "error": outcome.get("error"),
+                "checkpoint": outcome["checkpoint"],  # the DBOS step a retry forks from
+            }
+        )
         plan.setdefault("attempts", {})[step.name] = tries
         if outcome["ok"]:
             return outcome["result"]

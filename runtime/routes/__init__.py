@@ -44,6 +44,8 @@ API: list[BaseRoute] = [
     Route("/instances/{name}/flows/{flow}/test", instances.test_flow, methods=["POST"]),
     Route("/executions", executions.list_executions, methods=["GET"]),
     Route("/executions/{id}", executions.get_execution, methods=["GET"]),
+    Route("/executions/{id}/retry", executions.retry_execution, methods=["POST"]),
+    Route("/executions/{id}/replay", executions.replay_execution, methods=["POST"]),
     Route("/test-runs", executions.run_test_step, methods=["POST"]),
 ]
 

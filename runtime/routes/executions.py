@@ -9,12 +9,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pagerduty_connector.runtime.http import engine_of, json_body, parse, shown
+from pagerduty_connector.runtime.durable import partition
+from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404, shown
 from pagerduty_connector.runtime.routes.connections import find_connection
-from pagerduty_connector.runtime.store import (
-    ExecutionRow,
-    select,
-)
+from pagerduty_connector.runtime.routes.webhooks import flow_of, record
+from pagerduty_connector.runtime.store import ExecutionRow, new_id, now, select
 
 
 def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
@@ -30,6 +29,8 @@ def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
         "receivedAt": row.received_at.isoformat(),
         "startedAt": row.started_at.isoformat() if row.started_at else None,
         "finishedAt": row.finished_at.isoformat() if row.finished_at else None,
+        "retryOf": row.retry_of,
+        "replayOf": row.replay_of,
     }
     if full:
         out.update(
@@ -100,3 +101,80 @@ async def run_test_step(request: Request) -> JSONResponse:
     connection = await find_connection(engine, data.connection) if data.connection else None
     result = await engine.run_action(connection, data.action, data.inputs, {})
     return JSONResponse({"result": result})
+
+
+def _failed_checkpoint(row: ExecutionRow) -> int:
+    """The DBOS step a retry starts from: the first attempt of the step that failed."""
+    if row.status != "failed":
+        raise HTTPException(
+            409, f"execution '{row.id}' is {row.status}: only a failed one is retried"
+        )
+    failed = next((s for s in row.steps if s.get("status") == "failed"), None)
+    attempts = (failed or {}).get("attempts") or []
+    if not attempts:
+        raise HTTPException(
+            409, f"execution '{row.id}' failed before any step ran: replay it instead"
+        )
+    return int(attempts[0]["checkpoint"])
+
+
+async def retry_execution(request: Request) -> JSONResponse:
+    """
+    summary: Retry a failed execution from its failed step (earlier steps keep their outputs)
+    responses:
+      202: {description: the new execution, which points at the original (retryOf)}
+      404: {description: no such execution}
+      409: {description: the execution has not failed, or failed before any step ran}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+    checkpoint = _failed_checkpoint(original)
+    received = now()
+    retry = {
+        column.name: getattr(original, column.key) for column in ExecutionRow.__table__.columns
+    }
+    retry.update(
+        id=new_id(),
+        webhook_id=None,
+        status="received",
+        reason=None,
+        steps=[],
+        error=None,
+        received_at=received,
+        started_at=received,
+        finished_at=None,
+        retry_of=original.id,
+        replay_of=None,
+    )
+    await engine.writer.record(retry)
+    await engine.durable.fork(
+        original.id, checkpoint, retry["id"], partition(original.instance_id, original.flow)
+    )
+    return JSONResponse({"execution": retry["id"], "retryOf": original.id}, status_code=202)
+
+
+async def replay_execution(request: Request) -> JSONResponse:
+    """
+    summary: Replay an execution (its trigger payload again, on the instance's current flow)
+    responses:
+      202: {description: the new execution, which points at the original (replayOf)}
+      404: {description: no such execution, or its instance or flow is gone}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+    engine.intake.forget(original.instance_id)
+    target, flow = await flow_of(engine, original.instance_id, original.flow)
+    headers = {**original.headers, "x-pdc-replay-of": original.id}
+    headers.pop("x-webhook-id", None)
+    answer = await record(
+        engine,
+        target,
+        flow,
+        original.received_body.encode(),
+        headers,
+        original.trigger or {},
+        replay_of=original.id,
+    )
+    return answer

@@ -29,6 +29,7 @@ async def record(
     body: bytes,
     headers: dict[str, str],
     output: dict[str, Any],
+    replay_of: str | None = None,
 ) -> JSONResponse:
     """Store the delivery as an execution, then start it unless there is a reason not to."""
     trigger = TRIGGERS[flow["trigger"]["type"]]
@@ -55,6 +56,8 @@ async def record(
         "received_at": received,
         "started_at": None,
         "finished_at": received if reason else None,
+        "retry_of": None,
+        "replay_of": replay_of,
     }
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)

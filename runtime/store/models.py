@@ -86,6 +86,8 @@ class ExecutionRow(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replay_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class SubscriptionRow(Base):

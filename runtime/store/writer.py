@@ -58,7 +58,7 @@ class _SqliteBatches:
             (
                 row["id"],
                 (row["instance_id"], row["webhook_id"]) if row["webhook_id"] else None,
-                [self._convert(name, row[name]) for name in self._processors],
+                [self._convert(name, row.get(name)) for name in self._processors],
             )
             for row in inserts
         ]

@@ -1,0 +1,167 @@
+"""Durable runs: retries inside the workflow, recorded per attempt; what is not retried."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import respx
+from cryptography.fernet import Fernet, InvalidToken
+from starlette.testclient import TestClient
+
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.durable import SealedSerializer, system_database_url
+from pagerduty_connector.runtime.settings import load_settings
+from tests.conftest import REST
+from tests.support.runtime import (
+    ADMIN,
+    AUTH,
+    FLOW,
+    INCIDENT,
+    PUBLIC,
+    deliver,
+    drain,
+    make_connection,
+)
+
+PATH = "/webhooks/acme/on-incident"
+LIMITED = httpx2.Response(
+    429, headers={"ratelimit-reset": "0"}, json={"error": {"message": "Rate limited", "code": 2020}}
+)
+
+
+@pytest.fixture
+def durable_api(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> Iterator[TestClient]:
+    settings = load_settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+        step_attempts=3,
+        step_backoff=0,
+    )
+    with TestClient(create_app(settings), headers=AUTH) as client:
+        make_connection(client)
+        assert client.post(
+            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+        ).is_success
+        yield client
+
+
+def run_once(api: TestClient, subs: FakeSubscriptions) -> dict:
+    answer = deliver(api, subs, PATH)
+    assert answer.status_code == 202, answer.text
+    drain(api)
+    return api.get(f"/api/executions/{answer.json()['execution']}").json()
+
+
+def test_a_rate_limited_step_is_retried_and_every_attempt_recorded(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    # The client's own retries (5 after the first try) give up, then the workflow retries.
+    get = pd.get(f"{REST}/incidents/Q1P5").mock(
+        side_effect=[LIMITED] * 6 + [httpx2.Response(200, json=INCIDENT)]
+    )
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    record = run_once(durable_api, subs)
+    assert record["status"] == "succeeded", record
+    assert get.call_count == 7
+    attempts = record["steps"][0]["attempts"]
+    assert [(a["attempt"], a["ok"]) for a in attempts] == [(1, False), (2, True)]
+    assert "HTTP 429" in attempts[0]["error"]
+    assert [(a["attempt"], a["ok"]) for a in record["steps"][1]["attempts"]] == [(1, True)]
+
+
+def test_a_post_that_failed_with_a_5xx_is_not_sent_again(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(
+        502, json={"error": {"message": "Bad gateway"}}
+    )
+    record = run_once(durable_api, subs)
+    assert record["status"] == "failed"
+    assert note.call_count == 1  # it may have been applied: no duplicate note
+    assert [a["ok"] for a in record["steps"][1]["attempts"]] == [False]
+
+
+def test_retries_stop_after_the_configured_attempts_and_4xx_is_not_retried(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    get = pd.get(f"{REST}/incidents/Q1P5").mock(return_value=LIMITED)
+    record = run_once(durable_api, subs)
+    assert record["status"] == "failed"
+    assert len(record["steps"][0]["attempts"]) == 3 and get.call_count == 3 * 6
+    pd.get(f"{REST}/incidents/Q1P5").mock(
+        return_value=httpx2.Response(404, json={"error": {"message": "Not Found"}})
+    )
+    answer = deliver(durable_api, subs, PATH, "second")
+    drain(durable_api)
+    second = durable_api.get(f"/api/executions/{answer.json()['execution']}").json()
+    assert [a["ok"] for a in second["steps"][0]["attempts"]] == [False]
+
+
+def test_what_dbos_stores_is_sealed_with_the_runtime_key() -> None:
+    key = Fernet.generate_key().decode()
+    sealed = SealedSerializer(key)
+    stored = sealed.serialize({"token": "u+SECRET-in-a-step-output"})
+    assert "SECRET" not in stored
+    assert sealed.deserialize(stored) == {"token": "u+SECRET-in-a-step-output"}
+    with pytest.raises(InvalidToken):
+        SealedSerializer(Fernet.generate_key().decode()).deserialize(stored)
+
+
+def test_dbos_uses_the_runtime_database() -> None:
+    assert system_database_url("sqlite+aiosqlite:////data/pdc.db") == "sqlite:////data/pdc.db"
+    assert (
+        system_database_url("postgresql+asyncpg://u:p@db:5432/pdc")
+        == "postgresql+psycopg://u:p@db:5432/pdc"
+    )
+
+
+def test_retry_and_replay_are_linked_to_the_original(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").mock(
+        side_effect=[
+            httpx2.Response(403, json={"error": {"message": "Forbidden", "code": 2010}}),
+            httpx2.Response(201, json={"note": {"id": "N1"}}),
+            httpx2.Response(201, json={"note": {"id": "N2"}}),
+        ]
+    )
+    failed = run_once(durable_api, subs)
+    assert failed["status"] == "failed" and "HTTP 403" in failed["error"]
+    assert (get.call_count, note.call_count) == (1, 1)
+
+    retried = durable_api.post(f"/api/executions/{failed['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    drain(durable_api)
+    retry = durable_api.get(f"/api/executions/{retried.json()['execution']}").json()
+    assert retry["status"] == "succeeded" and retry["retryOf"] == failed["id"]
+    # The first step kept its output: PagerDuty was asked for the incident once in all.
+    assert (get.call_count, note.call_count) == (1, 2)
+    assert [s["name"] for s in retry["steps"]] == ["incident", "note"]
+    assert retry["steps"][0]["result"] == failed["steps"][0]["result"]
+    assert retry["steps"][1]["result"]["data"] == {"note": {"id": "N1"}}
+
+    again = durable_api.post(f"/api/executions/{retry['id']}/retry")
+    assert again.status_code == 409 and "only a failed one is retried" in again.text
+
+    replayed = durable_api.post(f"/api/executions/{failed['id']}/replay")
+    assert replayed.status_code == 202, replayed.text
+    drain(durable_api)
+    replay = durable_api.get(f"/api/executions/{replayed.json()['execution']}").json()
+    assert replay["status"] == "succeeded" and replay["replayOf"] == failed["id"]
+    assert replay["trigger"]["event"] == failed["trigger"]["event"]
+    # A replay runs every step again.
+    assert (get.call_count, note.call_count) == (2, 3)
+    listed = durable_api.get("/api/executions").json()
+    assert {e["id"] for e in listed} == {failed["id"], retry["id"], replay["id"]}
+    assert durable_api.post("/api/executions/nope/retry").status_code == 404
