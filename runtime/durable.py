@@ -23,7 +23,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
-from dbos import DBOS, SetEnqueueOptions, SetWorkflowID
+from dbos import DBOS, DBOSClient, EnqueueOptions, SetEnqueueOptions, SetWorkflowID
 from dbos._serialization import Serializer
 from sqlalchemy.engine import make_url
 
@@ -33,7 +33,7 @@ from pagerduty_connector.runtime.flows import Flow, Step, run_flow
 from pagerduty_connector.runtime.store import ConnectionRow, ExecutionRow, InstanceRow, now
 
 if TYPE_CHECKING:
-    from dbos import Queue, WorkflowHandleAsync
+    from dbos import Queue
 
     from pagerduty_connector.runtime.engine import Engine
 
@@ -81,6 +81,31 @@ class SealedSerializer(Serializer):
         return "pdc_sealed_pickle"
 
 
+WORKFLOW = "pdc.execution"
+
+
+def enqueue_options(execution_id: str, partition_key: str) -> EnqueueOptions:
+    """How a recorded execution is queued: its workflow, under its own id, in its flow's
+    partition of the queue."""
+    return {
+        "workflow_name": WORKFLOW,
+        "queue_name": QUEUE,
+        "workflow_id": execution_id,
+        "queue_partition_key": partition_key,
+        "app_version": APPLICATION_VERSION,
+    }
+
+
+def enqueuer(database_url: str, secret_key: str, engine: Any = None) -> DBOSClient:
+    """A DBOS client that only enqueues, inside the writer's own transactions."""
+    return DBOSClient(
+        system_database_url=None if engine is not None else system_database_url(database_url),
+        system_database_engine=engine,
+        serializer=SealedSerializer(secret_key),
+        lazy=True,
+    )
+
+
 class StepFailed(ComponentError):
     """A flow step failed for good (after its retries); the message says why."""
 
@@ -91,7 +116,7 @@ class Durable:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.queue: Queue | None = None
-        self._handles: dict[str, WorkflowHandleAsync[Any]] = {}
+        self._pending: set[str] = set()
 
     async def start(self) -> None:
         """Launch DBOS (recovering this executor's unfinished workflows) and the queue."""
@@ -130,25 +155,32 @@ class Durable:
             SetWorkflowID(execution_id),
             SetEnqueueOptions(queue_partition_key=partition(instance_id, flow)),
         ):
-            self._handles[execution_id] = await self.queue.enqueue_async(run_execution)
+            await self.queue.enqueue_async(run_execution)
+        self.track(execution_id)
+
+    def track(self, execution_id: str) -> None:
+        """Remember an execution queued by this process, so ``drain`` waits for it."""
+        self._pending.add(execution_id)
 
     async def fork(self, execution_id: str, checkpoint: int, new_id: str, partition: str) -> None:
         """Run execution ``execution_id`` again as ``new_id`` from its DBOS step
         ``checkpoint``: the steps before it keep their recorded outputs."""
         with SetWorkflowID(new_id):
-            self._handles[new_id] = await DBOS.fork_workflow_async(
+            await DBOS.fork_workflow_async(
                 execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
             )
+        self.track(new_id)
 
     async def drain(self) -> None:
         """Wait for the workflows this process submitted (tests, graceful shutdown)."""
-        while self._handles:
-            execution_id, handle = next(iter(self._handles.items()))
+        while self._pending:
+            execution_id = next(iter(self._pending))
             try:
+                handle = await DBOS.retrieve_workflow_async(execution_id)
                 await handle.get_result()
             except Exception:  # the record says what went wrong
                 log.debug("execution %s ended with an error", execution_id)
-            self._handles.pop(execution_id, None)
+            self._pending.discard(execution_id)
 
 
 def partition(instance_id: str, flow: str) -> str:
@@ -242,7 +274,7 @@ async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> d
     raise AssertionError("unreachable")
 
 
-@DBOS.workflow(name="pdc.execution")
+@DBOS.workflow(name=WORKFLOW)
 async def run_execution() -> str:
     """Run the flow of the execution whose id is this workflow's id; record every step."""
     engine = current()

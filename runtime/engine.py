@@ -65,7 +65,7 @@ class Engine:
         self.oauth = TokenManager(self)
         self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
         self._retired: list[PagerDutyClient] = []
-        self.writer = ExecutionWriter(store)
+        self.writer = ExecutionWriter(store, settings.secret_key or "")
         self.deploys = DeployLocks(store)
         self.durable = Durable(self)
 

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime.durable import partition
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.http import engine_of
 from pagerduty_connector.runtime.intake import IntakeTarget
@@ -17,6 +18,7 @@ from pagerduty_connector.runtime.store import (
     new_id,
     now,
 )
+from pagerduty_connector.runtime.store.writer import QUEUE_KEY
 
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
 _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization"}
@@ -59,10 +61,12 @@ async def record(
         "retry_of": None,
         "replay_of": replay_of,
     }
+    if reason is None:  # its run is queued in the transaction that records it
+        row[QUEUE_KEY] = partition(target.instance_id, flow["name"])
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
     if reason is None:
-        await engine.submit(row["id"], target.instance_id, flow["name"])
+        engine.durable.track(row["id"])
     return JSONResponse({"execution": row["id"], "status": status}, status_code=202)
 
 

@@ -5,17 +5,23 @@ Intake and the engine hand their batches to this child process over a pipe
 its answer, which comes only after the batch is committed. A process rather than
 a thread: a thread writing SQLite must win the GIL back from the busy event loop
 after every call into C, which capped intake at a fraction of what it could take.
+Each new execution that is to run is queued for DBOS in the same transaction as its
+row, so a delivery is never recorded without its run, nor run without its record.
 Run as ``python -m pagerduty_connector.runtime.store.sqlite_writer <database path>``.
 """
 
 from __future__ import annotations
 
 import pickle
-import sqlite3
 import sys
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-Row = tuple[str, tuple[str, str] | None, list[Any]]
+if TYPE_CHECKING:
+    from dbos import DBOSClient
+    from sqlalchemy.engine import Connection
+
+# (id, (instance, webhook id) or None, column values, queue partition or None)
+Row = tuple[str, tuple[str, str] | None, list[Any], str | None]
 Change = tuple[str, list[Any]]
 
 
@@ -32,32 +38,41 @@ class Statements:
 
 
 def apply_batch(
-    connection: sqlite3.Connection, sql: Statements, rows: list[Row], changes: list[Change]
+    connection: Connection,
+    sql: Statements,
+    queue: DBOSClient,
+    rows: list[Row],
+    changes: list[Change],
 ) -> set[str]:
-    """Insert rows whose webhook id is new, apply updates, commit; the ids inserted."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        keys = [key for _, key, _ in rows if key]
+    """Insert rows whose webhook id is new and queue their runs, apply updates, commit;
+    the ids inserted."""
+    from pagerduty_connector.runtime.durable import enqueue_options
+
+    with connection.begin():
+        keys = [key for _, key, _, _ in rows if key]
         seen: set[tuple[str, str]] = set()
         if keys:
             query = sql.seen + " OR ".join([sql.key] * len(keys))
-            seen = set(connection.execute(query, [part for key in keys for part in key]))
+            found = connection.exec_driver_sql(query, tuple(p for key in keys for p in key))
+            seen = {(a, b) for a, b in found}
         inserted: set[str] = set()
         params: list[Any] = []
-        for row_id, key, values in rows:
+        runs: list[tuple[str, str]] = []
+        for row_id, key, values, partition in rows:
             if key is None or key not in seen:
                 if key:
                     seen.add(key)  # a repeat inside this batch is a redelivery too
                 inserted.add(row_id)
                 params.extend(values)
+                if partition:
+                    runs.append((row_id, partition))
         if inserted:
-            connection.execute(sql.insert + ", ".join([sql.one] * len(inserted)), params)
+            statement = sql.insert + ", ".join([sql.one] * len(inserted))
+            connection.exec_driver_sql(statement, tuple(params))
+        for row_id, partition in runs:
+            queue.enqueue_in_transaction(connection, enqueue_options(row_id, partition))
         for statement, values in changes:
-            connection.execute(statement, values)
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
+            connection.exec_driver_sql(statement, tuple(values))
     return inserted
 
 
@@ -76,22 +91,29 @@ def frame(value: Any) -> bytes:
 
 def serve(path: str, incoming: BinaryIO, outgoing: BinaryIO) -> None:
     """Apply batches until the parent closes the pipe."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import StaticPool
+
+    from pagerduty_connector.runtime.durable import enqueuer
     from pagerduty_connector.runtime.store import sqlite_pragmas
 
-    connection = sqlite3.connect(path, isolation_level=None)
-    sqlite_pragmas(connection, None)
     hello = _read(incoming)
     if hello is None:
         return
-    sql = Statements(*hello)
-    while (batch := _read(incoming)) is not None:
-        try:
-            answer: tuple[str, Any] = ("ok", apply_batch(connection, sql, *batch))
-        except Exception as exc:  # the parent fails the batch's callers with this
-            answer = ("error", f"{type(exc).__name__}: {exc}")
-        outgoing.write(frame(answer))
-        outgoing.flush()
-    connection.close()
+    table, columns, secret_key = hello
+    sql = Statements(table, columns)
+    engine = create_engine(f"sqlite:///{path}", poolclass=StaticPool)
+    event.listen(engine, "connect", sqlite_pragmas)
+    queue = enqueuer("", secret_key, engine=engine)
+    with engine.connect() as connection:
+        while (batch := _read(incoming)) is not None:
+            try:
+                answer: tuple[str, Any] = ("ok", apply_batch(connection, sql, queue, *batch))
+            except Exception as exc:  # the parent fails the batch's callers with this
+                answer = ("error", f"{type(exc).__name__}: {exc}")
+            outgoing.write(frame(answer))
+            outgoing.flush()
+    engine.dispose()
 
 
 if __name__ == "__main__":

@@ -19,14 +19,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pagerduty_connector.component.redact import get_logger
+from pagerduty_connector.runtime.durable import enqueue_options, enqueuer
 from pagerduty_connector.runtime.store.models import ExecutionRow
 from pagerduty_connector.runtime.store.sqlite_writer import frame
 
 if TYPE_CHECKING:
+    from dbos import EnqueueOptions
+
     from pagerduty_connector.runtime.store import Store
 
 log = get_logger("writer")
 MAX_BATCH = 256
+# The key of an inserted row naming the queue partition its run goes to (not a column).
+QUEUE_KEY = "queue"
 
 Insert = dict[str, Any]
 Update = tuple[str, dict[str, Any]]
@@ -40,10 +45,11 @@ class _SqliteBatches:
     it never waits in SQLite's busy handler.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secret_key: str) -> None:
         table = ExecutionRow.__table__
         dialect = sqlite.dialect()
         self.path = path
+        self._secret_key = secret_key
         self._table = table.name
         self._processors = {c.name: c.type.bind_processor(dialect) for c in table.columns}
         self._process: asyncio.subprocess.Process | None = None
@@ -59,6 +65,7 @@ class _SqliteBatches:
                 row["id"],
                 (row["instance_id"], row["webhook_id"]) if row["webhook_id"] else None,
                 [self._convert(name, row.get(name)) for name in self._processors],
+                row.get(QUEUE_KEY),
             )
             for row in inserts
         ]
@@ -84,7 +91,8 @@ class _SqliteBatches:
                 stdout=asyncio.subprocess.PIPE,
             )
             assert process.stdin is not None
-            process.stdin.write(frame((self._table, list(self._processors))))
+            hello = (self._table, list(self._processors), self._secret_key)
+            process.stdin.write(frame(hello))
         assert process.stdin is not None and process.stdout is not None
         try:
             process.stdin.write(frame(prepared))
@@ -109,13 +117,15 @@ class _SqliteBatches:
 class ExecutionWriter:
     """Writes executions in batches: inserts (deduplicated) and status updates.
 
-    ``record`` and ``update`` return once their change is committed. On SQLite this
-    is the only writer of the executions table, so concurrent flows never make
-    intake wait for the database's write lock.
+    ``record`` and ``update`` return once their change is committed. An inserted row
+    with a ``queue`` partition has its run queued for DBOS in the same transaction. On
+    SQLite this is the only writer of the executions table, so concurrent flows never
+    make intake wait for it.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, secret_key: str) -> None:
         self.store = store
+        self._enqueuer = None if store.is_sqlite else enqueuer(store.url, secret_key)
         Item = tuple[Insert | Update, asyncio.Future[bool]]
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -127,7 +137,7 @@ class ExecutionWriter:
             .on_conflict_do_nothing(index_elements=["instance_id", "webhook_id"])
             .returning(table.c.id)
         )
-        self._sqlite = _SqliteBatches(store.sqlite_path) if store.sqlite_path else None
+        self._sqlite = _SqliteBatches(store.sqlite_path, secret_key) if store.sqlite_path else None
 
     async def _submit(self, item: Insert | Update) -> bool:
         if self._task is None or self._task.done():
@@ -173,11 +183,24 @@ class ExecutionWriter:
         async with self.store.engine.begin() as connection:
             inserted: set[str] = set()
             if inserts:
-                result = await connection.execute(self._statement, inserts)
+                columns = [{k: v for k, v in row.items() if k != QUEUE_KEY} for row in inserts]
+                result = await connection.execute(self._statement, columns)
                 inserted = {row[0] for row in result}
+                runs = [
+                    enqueue_options(row["id"], row[QUEUE_KEY])
+                    for row in inserts
+                    if row.get(QUEUE_KEY) and row["id"] in inserted
+                ]
+                if runs:
+                    await connection.run_sync(self._enqueue, runs)
             for row_id, values in updates:
                 await connection.execute(table.update().where(table.c.id == row_id).values(values))
             return inserted
+
+    def _enqueue(self, connection: Any, runs: list[EnqueueOptions]) -> None:
+        assert self._enqueuer is not None
+        for options in runs:
+            self._enqueuer.enqueue_in_transaction(connection, options)
 
     async def close(self) -> None:
         """Stop the writer task (pending callers have already been answered or failed)."""

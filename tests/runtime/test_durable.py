@@ -9,6 +9,7 @@ import httpx2
 import pytest
 import respx
 from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
@@ -165,3 +166,27 @@ def test_retry_and_replay_are_linked_to_the_original(
     listed = durable_api.get("/api/executions").json()
     assert {e["id"] for e in listed} == {failed["id"], retry["id"], replay["id"]}
     assert durable_api.post("/api/executions/nope/retry").status_code == 404
+
+
+def test_a_delivery_and_its_run_are_committed_together_once(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    first = deliver(durable_api, subs, PATH, "same-delivery")
+    again = deliver(durable_api, subs, PATH, "same-delivery")
+    assert (first.status_code, again.status_code) == (202, 200)
+    execution = first.json()["execution"]
+    engine = durable_api.app.state.engine  # type: ignore[attr-defined]
+
+    async def queued() -> list[tuple[str, str]]:
+        # DBOS's own table, in the runtime's database: the run was committed with the row.
+        table = "workflow_status" if engine.store.is_sqlite else "dbos.workflow_status"
+        async with engine.store.session() as db:
+            rows = await db.execute(text(f"SELECT workflow_uuid, name FROM {table}"))
+            return [tuple(r) for r in rows]
+
+    assert durable_api.portal.call(queued) == [(execution, "pdc.execution")]
+    drain(durable_api)
+    listed = durable_api.get("/api/executions").json()
+    assert [(e["id"], e["status"]) for e in listed] == [(execution, "succeeded")]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -122,7 +123,7 @@ def _row(webhook_id: str | None) -> dict[str, Any]:
 
 
 async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> None:
-    writer = ExecutionWriter(store)
+    writer = ExecutionWriter(store, Fernet.generate_key().decode())
 
     first, again, other, untagged = _row("wh-1"), _row("wh-1"), _row("wh-2"), _row(None)
     # Queued together, so they are written in one batch: the repeat inside it is refused.
@@ -144,7 +145,7 @@ async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> 
 async def test_a_dead_sqlite_writer_process_is_replaced(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
     await store.migrate()
-    writer = ExecutionWriter(store)
+    writer = ExecutionWriter(store, Fernet.generate_key().decode())
     assert await writer.record(_row("wh-1")) is True
     assert writer._sqlite is not None and writer._sqlite._process is not None
     first = writer._sqlite._process
