@@ -44,7 +44,9 @@ class RuntimeSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="This process's name for DBOS: unique per replica, the same after a restart.",
     )
-    queue_polling_interval: float = Field(default=0.05, gt=0, le=10)
+    queue_polling_interval: float = Field(
+        default=0.25, gt=0, le=10, description="How often DBOS looks for queued runs (s)."
+    )
     step_attempts: int = Field(default=4, ge=1, le=20, description="Tries of a flow step.")
     step_backoff: float = Field(default=1.0, ge=0, description="First retry's delay (s).")
     step_backoff_max: float = Field(default=30.0, ge=0)
