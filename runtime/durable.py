@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = get_logger("durable")
 QUEUE = "pdc-flows"
+# Flows with a concurrencyKey: one run at a time per key (taken in DBOS's queue order,
+# enqueue time to the millisecond: runs recorded in one batch may swap).
+ORDERED_QUEUE = "pdc-ordered"
 # One version for every process: DBOS recovers only workflows of its own version, and
 # any replica must be able to finish another's executions.
 APPLICATION_VERSION = "pdc-1"
@@ -84,12 +87,13 @@ class SealedSerializer(Serializer):
 WORKFLOW = "pdc.execution"
 
 
-def enqueue_options(execution_id: str, partition_key: str) -> EnqueueOptions:
-    """How a recorded execution is queued: its workflow, under its own id, in its flow's
-    partition of the queue."""
+def enqueue_options(execution_id: str, placement: tuple[str, str]) -> EnqueueOptions:
+    """How a recorded execution is queued: its workflow, under its own id, in the queue
+    and partition ``placement`` names."""
+    queue_name, partition_key = placement
     return {
         "workflow_name": WORKFLOW,
-        "queue_name": QUEUE,
+        "queue_name": queue_name,
         "workflow_id": execution_id,
         "queue_partition_key": partition_key,
         "app_version": APPLICATION_VERSION,
@@ -164,6 +168,11 @@ class Durable:
             partition_concurrency=settings.flow_concurrency,
             polling_interval_sec=settings.queue_polling_interval,
         )
+        await DBOS.register_queue_async(
+            ORDERED_QUEUE,
+            partition_concurrency=1,
+            polling_interval_sec=settings.queue_polling_interval,
+        )
 
     async def stop(self) -> None:
         """Stop DBOS; unfinished workflows resume at the next start."""
@@ -210,6 +219,14 @@ class Durable:
 def partition(instance_id: str, flow: str) -> str:
     """The queue partition of a flow: its concurrency limit holds per partition."""
     return f"{instance_id}/{flow}"
+
+
+def placement(instance_id: str, flow: str, key: str | None) -> tuple[str, str]:
+    """Where a run waits: its flow's partition, or with a concurrency key that key's
+    partition of the ordered queue."""
+    if key is None:
+        return QUEUE, partition(instance_id, flow)
+    return ORDERED_QUEUE, f"{partition(instance_id, flow)}#{key}"
 
 
 def retryable(error: ComponentError, method: str | None) -> bool:

@@ -70,6 +70,11 @@ class Flow(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     trigger: FlowTrigger
     steps: list[Step] = Field(min_length=1)
+    concurrencyKey: str | None = Field(
+        default=None,
+        description="Template over the trigger, e.g. '{{ trigger.event.data.id }}': runs with "
+        "the same key run one at a time.",
+    )
 
     @model_validator(mode="after")
     def _unique_steps(self) -> Flow:
@@ -125,6 +130,10 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     owner = f"{flow.name}.trigger ({trigger.key})"
     cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
     TRIGGERS[trigger.key].check(owner, cleaned)
+    if flow.concurrencyKey is not None:
+        _compile(flow.name, "concurrencyKey", flow.concurrencyKey)
+        if _STEP_REF.search(flow.concurrencyKey):
+            raise InputError(flow.name, "concurrencyKey", "may use the trigger only, not steps")
     flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
     warnings = list(cleaned.warnings)
     seen: list[str] = []
@@ -214,3 +223,17 @@ async def run_flow(
         if status == "failed":
             break
     return status, records
+
+
+def concurrency_key(flow: dict[str, Any], trigger_output: dict[str, Any]) -> str | None:
+    """The flow's ordering key for one delivery (``None`` when it has none, or it renders
+    empty)."""
+    template = flow.get("concurrencyKey")
+    if not template:
+        return None
+    try:
+        key = render(template, {"trigger": trigger_output, "steps": {}})
+        text = "" if key is None else str(key)
+    except (TemplateError, TypeError, ValueError):
+        return None
+    return text or None

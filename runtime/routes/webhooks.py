@@ -10,8 +10,9 @@ from starlette.responses import JSONResponse
 
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
-from pagerduty_connector.runtime.durable import partition
+from pagerduty_connector.runtime.durable import placement
 from pagerduty_connector.runtime.engine import Engine
+from pagerduty_connector.runtime.flows import concurrency_key
 from pagerduty_connector.runtime.http import engine_of
 from pagerduty_connector.runtime.intake import IntakeTarget
 from pagerduty_connector.runtime.store import (
@@ -62,7 +63,8 @@ async def record(
         "replay_of": replay_of,
     }
     if reason is None:  # its run is queued in the transaction that records it
-        row[QUEUE_KEY] = partition(target.instance_id, flow["name"])
+        key = concurrency_key(flow, output)
+        row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key)
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
     if reason is None:

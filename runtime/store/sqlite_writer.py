@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from dbos import DBOSClient
     from sqlalchemy.engine import Connection
 
-# (id, (instance, webhook id) or None, column values, queue partition or None)
-Row = tuple[str, tuple[str, str] | None, list[Any], str | None]
+# (id, (instance, webhook id) or None, column values, (queue, partition) or None)
+Row = tuple[str, tuple[str, str] | None, list[Any], tuple[str, str] | None]
 Change = tuple[str, list[Any]]
 
 
@@ -57,20 +57,20 @@ def apply_batch(
             seen = {(a, b) for a, b in found}
         inserted: set[str] = set()
         params: list[Any] = []
-        runs: list[tuple[str, str]] = []
-        for row_id, key, values, partition in rows:
+        runs: list[tuple[str, tuple[str, str]]] = []
+        for row_id, key, values, placement in rows:
             if key is None or key not in seen:
                 if key:
                     seen.add(key)  # a repeat inside this batch is a redelivery too
                 inserted.add(row_id)
                 params.extend(values)
-                if partition:
-                    runs.append((row_id, partition))
+                if placement:
+                    runs.append((row_id, placement))
         if inserted:
             statement = sql.insert + ", ".join([sql.one] * len(inserted))
             connection.exec_driver_sql(statement, tuple(params))
-        for row_id, partition in runs:
-            queue.enqueue_in_transaction(connection, enqueue_options(row_id, partition))
+        for row_id, placement in runs:
+            queue.enqueue_in_transaction(connection, enqueue_options(row_id, placement))
         for statement, values in changes:
             connection.exec_driver_sql(statement, tuple(values))
     return inserted

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = get_logger("writer")
 MAX_BATCH = 256
-# The key of an inserted row naming the queue partition its run goes to (not a column).
+# The key of an inserted row naming the (queue, partition) its run goes to (not a column).
 QUEUE_KEY = "queue"
 
 Insert = dict[str, Any]

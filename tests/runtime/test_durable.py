@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tests.conftest import REST
 from tests.support.runtime import (
     ADMIN,
     AUTH,
+    EVENT,
     FLOW,
     INCIDENT,
     PUBLIC,
@@ -190,3 +194,46 @@ def test_a_delivery_and_its_run_are_committed_together_once(
     drain(durable_api)
     listed = durable_api.get("/api/executions").json()
     assert [(e["id"], e["status"]) for e in listed] == [(execution, "succeeded")]
+
+
+def test_runs_with_one_concurrency_key_go_one_at_a_time(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    keyed = {**FLOW, "concurrencyKey": "{{ trigger.event.data.id }}"}
+    assert durable_api.put(
+        "/api/instances/acme", json={"connection": "ops", "flows": [keyed]}
+    ).is_success
+    running: dict[str, int] = {"A": 0, "B": 0}
+    peak: dict[str, int] = {"A": 0, "B": 0}
+    b_started = asyncio.Event()
+
+    async def incident(request: httpx2.Request) -> httpx2.Response:
+        key = request.url.path.rsplit("/", 1)[1]
+        running[key] += 1
+        peak[key] = max(peak[key], running[key])
+        if key == "B":
+            b_started.set()
+        elif not b_started.is_set():
+            # The first A run holds until B runs: other keys are not held up by A.
+            await asyncio.wait_for(b_started.wait(), 10)
+        await asyncio.sleep(0.02)
+        running[key] -= 1
+        return httpx2.Response(200, json={"incident": {"id": key, "title": "t"}})
+
+    pd.get(url__regex=rf"{REST}/incidents/[AB]$").mock(side_effect=incident)
+    pd.post(url__regex=rf"{REST}/incidents/[AB]/notes").respond(201, json={"note": {"id": "N"}})
+    answers = []
+    for n, key in enumerate(["A", "A", "B", "A"]):
+        event = copy.deepcopy(EVENT)
+        event["event"]["data"]["id"] = key
+        answers.append(deliver(durable_api, subs, PATH, f"keyed-{n}", event=event))
+    assert [a.status_code for a in answers] == [202] * 4
+    drain(durable_api)
+    records = [durable_api.get(f"/api/executions/{a.json()['execution']}").json() for a in answers]
+    assert [r["status"] for r in records] == ["succeeded"] * 4
+    assert peak == {"A": 1, "B": 1}
+    # The runs of key A never overlapped (the order among runs recorded in one batch is
+    # DBOS's queue order: enqueue time to the millisecond).
+    runs_of_a = sorted((records[i] for i in (0, 1, 3)), key=lambda r: r["startedAt"])
+    for earlier, later in itertools.pairwise(runs_of_a):
+        assert earlier["finishedAt"] <= later["startedAt"]

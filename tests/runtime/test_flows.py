@@ -12,7 +12,13 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.requester import run_step
-from pagerduty_connector.runtime.flows import Flow, render, run_flow, validate_flow
+from pagerduty_connector.runtime.flows import (
+    Flow,
+    concurrency_key,
+    render,
+    run_flow,
+    validate_flow,
+)
 from tests.conftest import REST, MakeCtx
 
 TRIGGER = {
@@ -252,3 +258,20 @@ async def test_on_error_stop_and_continue(
     assert not listing.called
     status, records = await go("continue")
     assert status == "succeeded" and [r["status"] for r in records] == ["failed", "succeeded"]
+
+
+def test_a_concurrency_key_is_a_template_over_the_trigger(manifest: Manifest) -> None:
+    steps = [{"name": "a", "action": "getIncident", "inputs": {"id": "P1"}}]
+    keyed = flow(steps)
+    keyed.concurrencyKey = "{{ trigger.event.data.id }}"
+    assert validate_flow(keyed, manifest) == []
+    assert concurrency_key(keyed.model_dump(), TRIGGER) == "Q1P5"
+    assert concurrency_key({"concurrencyKey": None}, TRIGGER) is None
+    assert concurrency_key({"concurrencyKey": "{{ trigger.nope }}"}, TRIGGER) is None
+    for bad, problem in (
+        ("{{ steps.a.data.id }}", "may use the trigger only"),
+        ("{{ trigger.event.data.id", "template error"),
+    ):
+        keyed.concurrencyKey = bad
+        with pytest.raises(InputError, match=problem):
+            validate_flow(keyed, manifest)
