@@ -53,6 +53,19 @@ class IntakeCache:
         """Drop every entry (a connection changed; several instances may use it)."""
         self._entries.clear()
 
+    async def refresh(self, instance_id: str, min_age: float = 0.05) -> IntakeTarget | None:
+        """The instance read again, unless it was read less than ``min_age`` seconds ago.
+
+        For a delivery the cached view refuses (unknown flow, no matching secret): another
+        process may have just redeployed. ``min_age`` bounds the reads a flood of forged
+        deliveries can cause.
+        """
+        cached = self._entries.get(instance_id)
+        if cached and time.monotonic() - cached[0] < min_age:
+            return cached[1]
+        self.forget(instance_id)
+        return await self.get(instance_id)
+
     async def get(self, instance_id: str) -> IntakeTarget | None:
         """The instance's intake view, or ``None`` if there is no such instance."""
         cached = self._entries.get(instance_id)

@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from pagerduty_connector.component.errors import SignatureError
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.durable import placement
@@ -73,10 +74,12 @@ async def record(
 
 
 async def flow_of(
-    engine: Engine, instance_id: str, flow_name: str
+    engine: Engine, instance_id: str, flow_name: str, *, fresh: bool = False
 ) -> tuple[IntakeTarget, dict[str, Any]]:
-    """The instance's intake view and the named flow, or a 404."""
-    target = await engine.intake.get(instance_id)
+    """The instance's intake view and the named flow, or a 404; ``fresh`` reads it again
+    unless it was just read."""
+    cache = engine.intake
+    target = await (cache.refresh(instance_id) if fresh else cache.get(instance_id))
     flow = target.flows.get(flow_name) if target else None
     if target is None or flow is None:
         raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
@@ -101,11 +104,19 @@ async def receive_webhook(request: Request) -> JSONResponse:
     body = await request.body()
     if len(body) > MAX_WEBHOOK_BYTES:
         raise HTTPException(413, "webhook body is over 2 MB")
-    flow_name = request.path_params["flow"]
-    target, flow = await flow_of(engine, request.path_params["instance"], flow_name)
+    instance, flow_name = request.path_params["instance"], request.path_params["flow"]
     headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
-    trigger = TRIGGERS[flow["trigger"]["type"]]
-    trigger.verify(body, headers, target.secrets.get(flow_name, []))
+    try:
+        target, flow = await flow_of(engine, instance, flow_name)
+        trigger = TRIGGERS[flow["trigger"]["type"]]
+        trigger.verify(body, headers, target.secrets.get(flow_name, []))
+    except (HTTPException, SignatureError) as refused:
+        if getattr(refused, "status_code", getattr(refused, "status", 0)) not in (403, 404):
+            raise
+        # Another process may have just deployed: read the instance again, then decide.
+        target, flow = await flow_of(engine, instance, flow_name, fresh=True)
+        trigger = TRIGGERS[flow["trigger"]["type"]]
+        trigger.verify(body, headers, target.secrets.get(flow_name, []))
     return await record(engine, target, flow, body, headers, trigger.output(body, headers))
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +16,10 @@ import respx
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.runtime.store import InstanceRow, SubscriptionRow, select
+from pagerduty_connector.triggers.signature import sign
 from tests.conftest import REST
-from tests.support.runtime import FLOW, INCIDENT, deliver, drain, make_connection
+from tests.support.runtime import EVENT, FLOW, INCIDENT, PUBLIC, deliver, drain, make_connection
 
 
 def hold_listings(pd: respx.MockRouter) -> tuple[threading.Event, threading.Event]:
@@ -97,3 +101,57 @@ def test_concurrent_redeploys_of_one_instance_leave_one_subscription_per_flow(
     ]
     shown = api.get("/api/instances/acme").json()
     assert sorted(shown["webhookUrls"]) == ["on-incident", "second"]
+
+
+def test_intake_reads_again_what_another_process_just_deployed(
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """A redeploy through another replica changes the secret and adds a flow; this
+    process's cached view must not answer 403 or 404 for them."""
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    make_connection(api)
+    assert api.post(
+        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
+    ).is_success
+    assert deliver(api, subs, "/webhooks/acme/on-incident", "warm").status_code == 202
+    engine = api.app.state.engine  # type: ignore[attr-defined]
+    secret = subs.secrets.popitem()[1]
+    rotated = "rotated-secret-from-another-replica"
+    second = copy.deepcopy(FLOW)
+    second["name"] = "second"
+
+    async def as_another_process() -> None:
+        async with engine.store.session() as db:
+            row = (await db.execute(select(SubscriptionRow))).scalar_one()
+            row.secret = engine.box.seal({"secret": rotated})
+            instance = await db.get(InstanceRow, "acme")
+            instance.flows = [*instance.flows, second]
+            db.add(
+                SubscriptionRow(
+                    instance_id="acme",
+                    flow="second",
+                    subscription_id="PSECOND",
+                    url=f"{PUBLIC}/webhooks/acme/second",
+                    secret=engine.box.seal({"secret": rotated}),
+                )
+            )
+            await db.commit()
+
+    api.portal.call(as_another_process)  # type: ignore[union-attr]
+    time.sleep(0.06)  # older than refresh's minimum age: a refusal reads the store again
+    body = json.dumps(EVENT).encode()
+    for path, webhook in (("on-incident", "rotated"), ("second", "new-flow")):
+        answer = api.post(
+            f"/webhooks/acme/{path}",
+            content=body,
+            headers={"X-Webhook-Id": webhook, "X-PagerDuty-Signature": sign(body, rotated)},
+        )
+        assert answer.status_code == 202, answer.text
+    stale = api.post(
+        "/webhooks/acme/on-incident",
+        content=body,
+        headers={"X-Webhook-Id": "old", "X-PagerDuty-Signature": sign(body, secret)},
+    )
+    assert stale.status_code == 403
+    drain(api)
