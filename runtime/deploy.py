@@ -216,7 +216,7 @@ async def deploy(engine: Engine, instance: InstanceRow) -> list[str]:
         async with engine.client(engine.connection_config(connection)) as client:
             await undo_created(client, result.created)
         raise
-    engine.intake.forget(instance.id)
+    await engine.intake.announce(instance.id)
     return result.log
 
 

@@ -181,6 +181,7 @@ class Engine:
 
     async def start(self) -> None:
         """Start durable execution and queue what a stopped process left unfinished."""
+        await self.intake.start()
         await self.durable.start()
         count = await self.requeue_unfinished()
         if count:
@@ -189,6 +190,7 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop durable execution (unfinished runs resume at the next start) and the writer."""
         await self.durable.stop()
+        await self.intake.stop()
         await self.writer.close()
         for client in [*(c for _, c in self._clients.values()), *self._retired]:
             await client.aclose()

@@ -1,9 +1,10 @@
 """Cached routing for webhook intake.
 
 ``IntakeCache`` keeps what intake needs to route and verify a delivery (the
-instance's flows, whether it is enabled, the signing secrets) for a few seconds;
-this process drops an entry whenever it changes the instance, and the expiry
-bounds staleness when another process changed it.
+instance's flows, whether it is enabled, the signing secrets) for a few seconds.
+A process that changes an instance drops its entry and ``announce``s the change; on
+PostgreSQL every process sharing the database hears it (LISTEN/NOTIFY) and drops its
+entry too. Before refusing a delivery, intake reads the instance again (``refresh``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.runtime.store import (
@@ -25,6 +29,8 @@ if TYPE_CHECKING:
     from pagerduty_connector.runtime.crypto import SecretBox
 
 log = get_logger("intake")
+CHANNEL = "pdc_intake"
+EVERYTHING = "*"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,42 @@ class IntakeCache:
     def __init__(self, store: Store, box: SecretBox, ttl: float = 2.0) -> None:
         self.store, self.box, self.ttl = store, box, ttl
         self._entries: dict[str, tuple[float, IntakeTarget | None]] = {}
+        self._listener: Any = None
+
+    async def start(self) -> None:
+        """On PostgreSQL, listen for other processes' changes."""
+        if self.store.is_sqlite:
+            return
+        import asyncpg
+
+        dsn = make_url(self.store.url).set(drivername="postgresql")
+        self._listener = await asyncpg.connect(dsn.render_as_string(hide_password=False))
+        await self._listener.add_listener(CHANNEL, self._heard)
+
+    def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._drop(payload)
+
+    def _drop(self, instance_id: str) -> None:
+        if instance_id == EVERYTHING:
+            self.clear()
+        else:
+            self.forget(instance_id)
+
+    async def announce(self, instance_id: str = EVERYTHING) -> None:
+        """Drop an instance (or, by default, every entry) here and in every process."""
+        self._drop(instance_id)
+        if not self.store.is_sqlite:
+            async with self.store.engine.begin() as connection:
+                await connection.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": CHANNEL, "payload": instance_id},
+                )
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
 
     def forget(self, instance_id: str) -> None:
         """Drop an instance after this process changed it."""

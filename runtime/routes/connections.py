@@ -190,7 +190,7 @@ async def update_connection(request: Request) -> JSONResponse:
             now(),
         )
         await db.commit()
-        engine.intake.clear()
+        await engine.intake.announce()
         return JSONResponse(connection_view(engine, stored))
 
 

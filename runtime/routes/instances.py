@@ -178,7 +178,7 @@ async def set_enabled(request: Request) -> JSONResponse:
         row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
         row.enabled, row.updated_at = action == "enable", now()
         await db.commit()
-        engine.intake.forget(row.id)
+        await engine.intake.announce(row.id)
         return JSONResponse(instance_view(engine, row))
 
 
@@ -203,14 +203,14 @@ async def delete_instance(request: Request) -> Response:
                 kept.enabled, kept.updated_at = False, now()
                 kept.state = {"deployed": False, "teardown": "incomplete", "reason": redact(reason)}
                 await db.commit()
-            engine.intake.forget(name)
+            await engine.intake.announce(name)
             advice = "the instance is disabled; retry DELETE to finish"
             raise DeployError(f"{reason}; {advice}") from None
         async with engine.store.session() as db:
             await db.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == name))
             await db.execute(delete(InstanceRow).where(InstanceRow.id == name))
             await db.commit()
-    engine.intake.forget(name)
+    await engine.intake.announce(name)
     return Response(status_code=204)
 
 
