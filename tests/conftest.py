@@ -42,11 +42,10 @@ from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.runtime.store import Store
 from tests.support.openapi import validate_request
-from tests.support.runtime import ADMIN, AUTH, PUBLIC
+from tests.support.runtime import ADMIN, AUTH, PUBLIC, REST
 
 API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
 FROM = "oncall@example.com"
-REST = "https://api.pagerduty.com"
 EVENTS = "https://events.pagerduty.com/v2"
 
 

@@ -18,8 +18,7 @@ from starlette.testclient import TestClient
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.store import InstanceRow, SubscriptionRow, select
 from pagerduty_connector.triggers.signature import sign
-from tests.conftest import REST
-from tests.support.runtime import EVENT, FLOW, INCIDENT, PUBLIC, deliver, drain, make_connection
+from tests.support.runtime import EVENT, FLOW, PUBLIC, answer_incident, deliver, deploy_acme, drain
 
 
 def hold_listings(pd: respx.MockRouter) -> tuple[threading.Event, threading.Event]:
@@ -41,12 +40,8 @@ def hold_listings(pd: respx.MockRouter) -> tuple[threading.Event, threading.Even
 def test_a_delivery_is_recorded_while_another_instance_deploys_slowly(
     api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
-    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
-    make_connection(api)
-    assert api.post(
-        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-    ).is_success
+    answer_incident(pd)
+    deploy_acme(api)
     waiting, release = hold_listings(pd)
     results: list[httpx2.Response] = []
     slow = threading.Thread(
@@ -72,10 +67,7 @@ def test_a_delivery_is_recorded_while_another_instance_deploys_slowly(
 def test_concurrent_redeploys_of_one_instance_leave_one_subscription_per_flow(
     api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    make_connection(api)
-    assert api.post(
-        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-    ).is_success
+    deploy_acme(api)
     second = copy.deepcopy(FLOW)
     second["name"] = "second"
     body = {"connection": "ops", "flows": [FLOW, second]}
@@ -108,12 +100,8 @@ def test_intake_reads_again_what_another_process_just_deployed(
 ) -> None:
     """A redeploy through another replica changes the secret and adds a flow; this
     process's cached view must not answer 403 or 404 for them."""
-    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
-    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
-    make_connection(api)
-    assert api.post(
-        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-    ).is_success
+    answer_incident(pd)
+    deploy_acme(api)
     assert deliver(api, subs, "/webhooks/acme/on-incident", "warm").status_code == 202
     engine = api.app.state.engine  # type: ignore[attr-defined]
     secret = subs.secrets.popitem()[1]

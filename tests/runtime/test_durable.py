@@ -27,9 +27,10 @@ from tests.support.runtime import (
     FLOW,
     INCIDENT,
     PUBLIC,
+    answer_incident,
     deliver,
+    deploy_acme,
     drain,
-    make_connection,
 )
 
 PATH = "/webhooks/acme/on-incident"
@@ -52,10 +53,7 @@ def durable_api(
         step_backoff=0,
     )
     with TestClient(create_app(settings), headers=AUTH) as client:
-        make_connection(client)
-        assert client.post(
-            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-        ).is_success
+        deploy_acme(client)
         yield client
 
 
@@ -175,8 +173,7 @@ def test_retry_and_replay_are_linked_to_the_original(
 def test_a_delivery_and_its_run_are_committed_together_once(
     durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
-    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    answer_incident(pd)
     first = deliver(durable_api, subs, PATH, "same-delivery")
     again = deliver(durable_api, subs, PATH, "same-delivery")
     assert (first.status_code, again.status_code) == (202, 200)

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import httpx2
+import respx
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
@@ -18,6 +19,7 @@ from pagerduty_connector.triggers.signature import sign
 API_KEY = "u+RUNTIME-secret-key-5566"
 ADMIN = "admin-token-for-tests-0001"
 PUBLIC = "https://pdc.example.com"
+REST = "https://api.pagerduty.com"
 INCIDENT = {"incident": {"id": "Q1P5", "title": "Server is on fire", "urgency": "high"}}
 EVENT = {
     "event": {
@@ -98,3 +100,18 @@ def deliver(
         "X-PagerDuty-Signature": sign(body, secret_for(subs, path)),
     }
     return api.post(path, content=body, headers=headers)
+
+
+def answer_incident(pd: respx.MockRouter) -> None:
+    """PagerDuty answers the example flow's two steps: the incident, then its note."""
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+
+
+def deploy_acme(api: TestClient, flows: list[dict[str, Any]] | None = None) -> None:
+    """Create the connection ``ops`` and deploy the instance ``acme`` (the example flow)."""
+    make_connection(api)
+    answer = api.post(
+        "/api/instances", json={"name": "acme", "connection": "ops", "flows": flows or [FLOW]}
+    )
+    assert answer.status_code == 201, answer.text
