@@ -28,7 +28,6 @@ from typing import Any
 import httpx2
 import pytest
 import respx
-from cryptography.fernet import Fernet
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient, RetryPolicy
@@ -39,10 +38,10 @@ from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.runtime.app import create_app
-from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
+from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
 from tests.support.openapi import validate_request
-from tests.support.runtime import ADMIN, AUTH, PUBLIC, REST
+from tests.support.runtime import AUTH, REST, settings_for
 
 API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
 FROM = "oncall@example.com"
@@ -199,13 +198,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 @pytest.fixture
 def runtime_settings(database_url: str, tmp_path: Path) -> RuntimeSettings:
     """Runtime settings on the test's database, with known admin token and a fresh key."""
-    return load_settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        admin_token=ADMIN,
-        secret_key=Fernet.generate_key().decode(),
-        public_url=PUBLIC,
-    )
+    return settings_for(database_url, tmp_path)
 
 
 @pytest.fixture

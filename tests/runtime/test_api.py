@@ -13,13 +13,12 @@ import httpx2
 import pytest
 import respx
 import yaml
-from cryptography.fernet import Fernet
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
-from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
+from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
 from pagerduty_connector.triggers.signature import sign
 from tests.conftest import REST
@@ -36,6 +35,7 @@ from tests.support.runtime import (
     drain,
     make_connection,
     secret_for,
+    settings_for,
 )
 
 
@@ -222,14 +222,7 @@ def test_flows_can_be_deployed_as_yaml_and_tried_with_a_sample_payload(
 def test_executions_of_one_flow_run_up_to_the_concurrency_limit(
     database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    settings = load_settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        admin_token=ADMIN,
-        secret_key=Fernet.generate_key().decode(),
-        public_url=PUBLIC,
-        flow_concurrency=2,
-    )
+    settings = settings_for(database_url, tmp_path, flow_concurrency=2)
     running = peak = 0
     gate = asyncio.Event()
 

@@ -18,19 +18,17 @@ from starlette.testclient import TestClient
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.durable import SealedSerializer, system_database_url
-from pagerduty_connector.runtime.settings import load_settings
 from tests.conftest import REST
 from tests.support.runtime import (
-    ADMIN,
     AUTH,
     EVENT,
     FLOW,
     INCIDENT,
-    PUBLIC,
     answer_incident,
     deliver,
     deploy_acme,
     drain,
+    settings_for,
 )
 
 PATH = "/webhooks/acme/on-incident"
@@ -43,15 +41,7 @@ LIMITED = httpx2.Response(
 def durable_api(
     database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> Iterator[TestClient]:
-    settings = load_settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        admin_token=ADMIN,
-        secret_key=Fernet.generate_key().decode(),
-        public_url=PUBLIC,
-        step_attempts=3,
-        step_backoff=0,
-    )
+    settings = settings_for(database_url, tmp_path, step_attempts=3, step_backoff=0)
     with TestClient(create_app(settings), headers=AUTH) as client:
         deploy_acme(client)
         yield client

@@ -7,13 +7,16 @@ in ``conftest.py``; these are the plain values and functions they and the tests 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import respx
+from cryptography.fernet import Fernet
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 from pagerduty_connector.triggers.signature import sign
 
 API_KEY = "u+RUNTIME-secret-key-5566"
@@ -115,3 +118,15 @@ def deploy_acme(api: TestClient, flows: list[dict[str, Any]] | None = None) -> N
         "/api/instances", json={"name": "acme", "connection": "ops", "flows": flows or [FLOW]}
     )
     assert answer.status_code == 201, answer.text
+
+
+def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> RuntimeSettings:
+    """Runtime settings on a test's database, with the known admin token and a fresh key."""
+    return load_settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        admin_token=ADMIN,
+        secret_key=Fernet.generate_key().decode(),
+        public_url=PUBLIC,
+        **overrides,
+    )
