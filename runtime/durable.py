@@ -18,19 +18,28 @@ runtime's Fernet key by ``SealedSerializer``.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import random
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from dbos import DBOS, DBOSClient, EnqueueOptions, SetEnqueueOptions, SetWorkflowID
 from dbos._serialization import Serializer
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.runtime.flows import Flow, Step, run_flow
-from pagerduty_connector.runtime.store import ConnectionRow, ExecutionRow, InstanceRow, now
+from pagerduty_connector.runtime.store import (
+    ConnectionRow,
+    ExecutionRow,
+    ExecutorRow,
+    InstanceRow,
+    now,
+)
 
 if TYPE_CHECKING:
     from dbos import Queue
@@ -143,6 +152,7 @@ class Durable:
         self.engine = engine
         self.queue: Queue | None = None
         self._pending: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Launch DBOS (recovering this executor's unfinished workflows) and the queue."""
@@ -173,10 +183,15 @@ class Durable:
             partition_concurrency=1,
             polling_interval_sec=settings.queue_polling_interval,
         )
+        await self.beat()
+        self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
         """Stop DBOS; unfinished workflows resume at the next start."""
         global _engine
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         DBOS.destroy(destroy_registry=False)
         _engine = None
 
@@ -190,6 +205,67 @@ class Durable:
         ):
             await self.queue.enqueue_async(run_execution)
         self.track(execution_id)
+
+    async def beat(self) -> None:
+        """Say this process is alive."""
+        me = self.engine.settings.executor_id
+        async with self.engine.store.session() as db:
+            row = await db.get(ExecutorRow, me)
+            if row is None:
+                db.add(ExecutorRow(executor_id=me, heartbeat_at=now()))
+            else:
+                row.heartbeat_at = now()
+            await db.commit()
+
+    async def take_over(self) -> list[str]:
+        """Resume the runs of every process silent for longer than ``executor_timeout``;
+        return their ids. A silent process is claimed (its heartbeat moved to now) in one
+        update, so two live processes never take over the same one."""
+        settings = self.engine.settings
+        cutoff = now() - timedelta(seconds=settings.executor_timeout)
+        async with self.engine.store.session() as db:
+            silent = (
+                (
+                    await db.execute(
+                        select(ExecutorRow.executor_id).where(
+                            ExecutorRow.heartbeat_at < cutoff,
+                            ExecutorRow.executor_id != settings.executor_id,
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        resumed: list[str] = []
+        for executor in silent:
+            async with self.engine.store.session() as db:
+                claimed = await db.execute(
+                    update(ExecutorRow)
+                    .where(ExecutorRow.executor_id == executor, ExecutorRow.heartbeat_at < cutoff)
+                    .values(heartbeat_at=now())
+                )
+                await db.commit()
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            runs = await DBOS.list_workflows_async(
+                status="PENDING", executor_id=executor, load_input=False, load_output=False
+            )
+            for run in runs:
+                await DBOS.resume_workflow_async(run.workflow_id, queue_name=run.queue_name)
+                self.track(run.workflow_id)
+                resumed.append(run.workflow_id)
+            if runs:
+                log.warning("took over %d runs of silent executor %s", len(runs), executor)
+        return resumed
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.settings.heartbeat_interval)
+            try:
+                await self.beat()
+                await self.take_over()
+            except Exception:  # a failed beat is retried at the next one
+                log.exception("heartbeat or take-over failed")
 
     def track(self, execution_id: str) -> None:
         """Remember an execution queued by this process, so ``drain`` waits for it."""

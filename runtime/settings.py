@@ -47,6 +47,12 @@ class RuntimeSettings(BaseSettings):
     queue_polling_interval: float = Field(
         default=0.25, gt=0, le=10, description="How often DBOS looks for queued runs (s)."
     )
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between beats.")
+    executor_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a beat after which another process takes over the runs.",
+    )
     step_attempts: int = Field(default=4, ge=1, le=20, description="Tries of a flow step.")
     step_backoff: float = Field(default=1.0, ge=0, description="First retry's delay (s).")
     step_backoff_max: float = Field(default=30.0, ge=0)

@@ -113,3 +113,11 @@ class OAuthStateRow(Base):
     verifier: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ExecutorRow(Base):
+    """A runtime process (DBOS executor) and when it last said it was alive."""
+
+    __tablename__ = "executors"
+    executor_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
