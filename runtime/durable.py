@@ -153,6 +153,7 @@ class Durable:
         self.queue: Queue | None = None
         self._pending: set[str] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._checkpoints: Any = None
 
     async def start(self) -> None:
         """Launch DBOS (recovering this executor's unfinished workflows) and the queue."""
@@ -160,11 +161,12 @@ class Durable:
         settings = self.engine.settings
         _engine = self.engine
         url = system_database_url(settings.resolved_database_url())
+        self._checkpoints = checkpoint_engine(url)
         DBOS(
             config={
                 "name": "pagerduty-connector",
                 "system_database_url": url,
-                "system_database_engine": checkpoint_engine(url),
+                "system_database_engine": self._checkpoints,
                 "executor_id": settings.executor_id,
                 "application_version": APPLICATION_VERSION,
                 "serializer": SealedSerializer(settings.secret_key or ""),
@@ -193,6 +195,8 @@ class Durable:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         DBOS.destroy(destroy_registry=False)
+        if self._checkpoints is not None:  # ours, so DBOS leaves it open
+            self._checkpoints.dispose()
         _engine = None
 
     async def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
