@@ -3,7 +3,6 @@ the steps that had finished are not sent to PagerDuty again."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,12 @@ import pytest
 from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
-from pagerduty_connector.triggers.signature import sign
-from tests.support.processes import finished, wait_until
-from tests.support.runtime import EVENT, FLOW, make_connection
+from tests.support.processes import (
+    assert_finished_steps_sent_once,
+    finished,
+    start_a_three_step_run,
+    wait_until,
+)
 
 ADMIN = "process-admin-token-7788"
 API_KEY = "u+PROCESS-key-1234"
@@ -60,35 +62,14 @@ def test_sigkilled_server_resumes_a_recorded_execution(
     server = start()
     try:
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
-        make_connection(api, API_KEY)
-        flow = {**FLOW, "steps": [*FLOW["steps"], {"name": "others", "action": "listIncidents"}]}
-        deployed = api.post(
-            "/api/instances", json={"name": "acme", "connection": "ops", "flows": [flow]}
-        )
-        assert deployed.status_code == 201, deployed.text
-        (secret,) = pagerduty.subscriptions.secrets.values()
-        body = json.dumps(EVENT).encode()
-        answer = api.post(
-            "/webhooks/acme/on-incident",
-            content=body,
-            headers={"X-Webhook-Id": "kill-1", "X-PagerDuty-Signature": sign(body, secret)},
-        )
-        assert answer.status_code == 202
-        execution = answer.json()["execution"]
-        wait_until(lambda: ("GET", "/incidents") in pagerduty.requests, 30, "the third step")
+        execution = start_a_three_step_run(api, pagerduty, "kill-1", API_KEY)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
 
         server = start()
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
         record = finished(api, execution, "the resumed execution to finish")
-        assert record["status"] == "succeeded", record
-        assert [s["name"] for s in record["steps"]] == ["incident", "note", "others"]
-        # The two steps that finished before the kill ran once; the one cut off ran again.
-        sent = pagerduty.requests
-        assert sent.count(("GET", "/incidents/Q1P5")) == 1
-        assert sent.count(("POST", "/incidents/Q1P5/notes")) == 1
-        assert sent.count(("GET", "/incidents")) == 2
+        assert_finished_steps_sent_once(pagerduty, record)
         assert len(record["steps"][2]["result"]["data"]["incidents"]) == 3
         assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()
     finally:

@@ -3,7 +3,6 @@ the other takes over its runs; steps that had finished are not sent again."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,9 +16,12 @@ import pytest
 from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import free_port, running
-from pagerduty_connector.triggers.signature import sign
-from tests.support.processes import finished, wait_until
-from tests.support.runtime import EVENT, FLOW, make_connection
+from tests.support.processes import (
+    assert_finished_steps_sent_once,
+    finished,
+    start_a_three_step_run,
+    wait_until,
+)
 
 ADMIN = "replicas-admin-token-3141"
 
@@ -81,34 +83,13 @@ def test_a_replica_that_stays_down_has_its_runs_finished_by_another(
         env["PAGERDUTY_API_URL"] = pagerduty.url
         try:
             a = start("a")
-            make_connection(a)
-            steps = [*FLOW["steps"], {"name": "others", "action": "listIncidents"}]
-            deployed = a.post(
-                "/api/instances",
-                json={"name": "acme", "connection": "ops", "flows": [{**FLOW, "steps": steps}]},
-            )
-            assert deployed.status_code == 201, deployed.text
-            (secret,) = pagerduty.subscriptions.secrets.values()
-            body = json.dumps(EVENT).encode()
-            answer = a.post(
-                "/webhooks/acme/on-incident",
-                content=body,
-                headers={"X-Webhook-Id": "takeover-1", "X-PagerDuty-Signature": sign(body, secret)},
-            )
-            assert answer.status_code == 202, answer.text
-            execution = answer.json()["execution"]
-            wait_until(lambda: ("GET", "/incidents") in pagerduty.requests, 30, "the third step")
+            execution = start_a_three_step_run(a, pagerduty, "takeover-1")
             b = start("b")  # started now, so the run is surely replica a's
             replicas["a"].send_signal(signal.SIGKILL)
             replicas["a"].wait(timeout=30)
 
             record = finished(b, execution, "replica b to finish replica a's run")
-            assert record["status"] == "succeeded", record
-            assert [s["name"] for s in record["steps"]] == ["incident", "note", "others"]
-            sent = pagerduty.requests
-            assert sent.count(("GET", "/incidents/Q1P5")) == 1
-            assert sent.count(("POST", "/incidents/Q1P5/notes")) == 1
-            assert sent.count(("GET", "/incidents")) == 2
+            assert_finished_steps_sent_once(pagerduty, record)
             assert "took over 1 runs of silent executor a" in (tmp_path / "b.log").read_text()
         finally:
             for process in replicas.values():

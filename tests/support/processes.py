@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx2
+
+from pagerduty_connector.component.standin.server import LocalPagerDuty
+from pagerduty_connector.triggers.signature import sign
+from tests.support.runtime import API_KEY, EVENT, FLOW, make_connection
 
 
 def wait_until(condition: Callable[[], Any], seconds: float, what: str) -> Any:
@@ -34,3 +39,42 @@ def finished(api: httpx2.Client, execution_id: str, what: str = "the execution t
         30,
         what,
     )
+
+
+THIRD_STEP = ("GET", "/incidents")  # the stand-in holds it, so a process can be killed there
+
+
+def start_a_three_step_run(
+    api: httpx2.Client, pagerduty: LocalPagerDuty, webhook_id: str, key: str = API_KEY
+) -> str:
+    """Create the connection (API key ``key``), deploy ``acme`` with the example flow plus
+    a third step (``listIncidents``), deliver one signed event and wait until the run
+    reaches the third step; return the execution id."""
+    make_connection(api, key)
+    steps = [*FLOW["steps"], {"name": "others", "action": "listIncidents"}]
+    deployed = api.post(
+        "/api/instances",
+        json={"name": "acme", "connection": "ops", "flows": [{**FLOW, "steps": steps}]},
+    )
+    assert deployed.status_code == 201, deployed.text
+    (secret,) = pagerduty.subscriptions.secrets.values()
+    body = json.dumps(EVENT).encode()
+    answer = api.post(
+        "/webhooks/acme/on-incident",
+        content=body,
+        headers={"X-Webhook-Id": webhook_id, "X-PagerDuty-Signature": sign(body, secret)},
+    )
+    assert answer.status_code == 202, answer.text
+    wait_until(lambda: THIRD_STEP in pagerduty.requests, 30, "the third step")
+    return str(answer.json()["execution"])
+
+
+def assert_finished_steps_sent_once(pagerduty: LocalPagerDuty, record: dict[str, Any]) -> None:
+    """The run succeeded; the two steps that finished before the kill reached PagerDuty
+    once, and the third, cut off, twice."""
+    assert record["status"] == "succeeded", record
+    assert [s["name"] for s in record["steps"]] == ["incident", "note", "others"]
+    sent = pagerduty.requests
+    assert sent.count(("GET", "/incidents/Q1P5")) == 1
+    assert sent.count(("POST", "/incidents/Q1P5/notes")) == 1
+    assert sent.count(THIRD_STEP) == 2
