@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import re
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -178,13 +177,9 @@ async def database_url(
         return
     if postgres_root is None:
         pytest.skip("PostgreSQL binaries not installed")
-    import asyncpg
+    from tests.support.postgres import create_database
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_root.replace("+asyncpg", ""))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield postgres_root.rsplit("/", 1)[0] + f"/{name}"
+    yield await create_database(postgres_root)
 
 
 @pytest.fixture

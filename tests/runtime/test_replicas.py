@@ -3,11 +3,11 @@ the other takes over its runs; steps that had finished are not sent again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import free_port, running
+from tests.support.postgres import create_database
 from tests.support.processes import (
     assert_finished_steps_sent_once,
     finished,
@@ -30,19 +31,7 @@ ADMIN = "replicas-admin-token-3141"
 def database(postgres_root: str | None) -> Iterator[str]:
     if postgres_root is None:
         pytest.skip("PostgreSQL binaries not installed")
-    import asyncio
-
-    import asyncpg
-
-    name = f"r_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(postgres_root.replace("+asyncpg", ""))
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.close()
-
-    asyncio.run(create())
-    yield postgres_root.rsplit("/", 1)[0] + f"/{name}"
+    yield asyncio.run(create_database(postgres_root, "r"))
 
 
 def test_a_replica_that_stays_down_has_its_runs_finished_by_another(

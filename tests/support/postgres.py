@@ -65,3 +65,16 @@ def postgres_server(*, fsync: bool = False) -> Iterator[str]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def create_database(root_url: str, prefix: str = "t") -> str:
+    """A new, empty database on the server of ``root_url``; its SQLAlchemy URL."""
+    import uuid
+
+    import asyncpg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(root_url.replace("+asyncpg", ""))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    return root_url.rsplit("/", 1)[0] + f"/{name}"
