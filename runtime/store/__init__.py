@@ -83,7 +83,10 @@ class Store:
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             self.sqlite_path = parsed.database
         # A pre-ping is a round trip per checkout; a local SQLite file never goes away.
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        # Parameters can hold sealed secrets and delivery data: errors name statements only.
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_pre_ping=not self.is_sqlite, hide_parameters=True
+        )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)

@@ -142,17 +142,17 @@ async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> 
     assert stored[other["id"]].received_at is not None
 
 
-async def test_a_dead_sqlite_writer_process_is_replaced(tmp_path: Path) -> None:
+async def test_a_dead_writer_process_is_replaced(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
     await store.migrate()
     writer = ExecutionWriter(store, Fernet.generate_key().decode())
     assert await writer.record(_row("wh-1")) is True
-    assert writer._sqlite is not None and writer._sqlite._process is not None
-    first = writer._sqlite._process
+    assert writer._process._process is not None
+    first = writer._process._process
     first.kill()
     await first.wait()
     assert await writer.record(_row("wh-2")) is True  # a new writer process took over
-    assert writer._sqlite._process.pid != first.pid
+    assert writer._process._process.pid != first.pid
     assert await writer.record(_row("wh-1")) is False  # and sees what the first stored
     await writer.close()
     await store.close()

@@ -1,0 +1,123 @@
+"""The writer process: applies batches of execution rows to the database.
+
+Intake and the engine hand their batches to this child process over a pipe
+(length-prefixed pickles from the parent, which alone writes to it) and wait for
+its answer, which comes only after the batch is committed. A process rather than
+a thread or the event loop: building and sending SQL, and DBOS's synchronous
+enqueue, cost as much CPU as the rest of intake, and in a process of its own that
+work no longer competes with the event loop for the GIL (on SQLite, a writer
+thread had to win the GIL back after every call into C and capped intake at a
+fraction of what it could take; on PostgreSQL, writing from the event loop held
+intake at 0.3x bare Starlette). Each new execution that is to run is queued for
+DBOS in the same transaction as its row, so a delivery is never recorded without
+its run, nor run without its record.
+Run as ``python -m pagerduty_connector.runtime.store.writer_process``; the first
+frame names the database, so no URL (or password) shows in the process list.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from dbos import DBOSClient
+    from sqlalchemy.engine import Connection
+
+# (id, column values, (queue, partition) or None)
+Row = tuple[str, list[Any], tuple[str, str] | None]
+# (column names to set, values then the row's id)
+Change = tuple[tuple[str, ...], list[Any]]
+
+
+class Statements:
+    """The SQL of a batch, built from the executions table's columns, in the driver's
+    placeholder style (``?`` for sqlite3, ``%s`` for psycopg)."""
+
+    def __init__(self, table: str, columns: list[str], placeholder: str) -> None:
+        self.table, self.mark = table, placeholder
+        self.insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        self.one = "(" + ", ".join([placeholder] * len(columns)) + ")"
+        # A redelivery (same instance and X-Webhook-Id, also within one batch, also one
+        # another replica commits at the same moment) is skipped by the unique index,
+        # and RETURNING says which rows were new: only those get a run.
+        self.conflict = " ON CONFLICT (instance_id, webhook_id) DO NOTHING RETURNING id"
+
+    def update(self, names: tuple[str, ...]) -> str:
+        """An UPDATE of the named columns of one row."""
+        assignments = ", ".join(f"{name} = {self.mark}" for name in names)
+        return f"UPDATE {self.table} SET {assignments} WHERE id = {self.mark}"
+
+
+def apply_batch(
+    connection: Connection,
+    sql: Statements,
+    queue: DBOSClient,
+    rows: list[Row],
+    changes: list[Change],
+) -> set[str]:
+    """Insert rows whose webhook id is new and queue their runs, apply updates, commit;
+    the ids inserted."""
+    from pagerduty_connector.runtime.durable import enqueue_options
+
+    with connection.begin():
+        inserted: set[str] = set()
+        if rows:
+            statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
+            params = tuple(value for _, values, _ in rows for value in values)
+            inserted = {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
+        for row_id, _, placement in rows:
+            if placement and row_id in inserted:
+                queue.enqueue_in_transaction(connection, enqueue_options(row_id, placement))
+        for names, values in changes:
+            connection.exec_driver_sql(sql.update(names), tuple(values))
+    return inserted
+
+
+def _read(stream: BinaryIO) -> Any:
+    header = stream.read(4)
+    if len(header) < 4:
+        return None
+    return pickle.loads(stream.read(int.from_bytes(header, "big")))
+
+
+def frame(value: Any) -> bytes:
+    """A length-prefixed pickle."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(4, "big") + data
+
+
+def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
+    """Apply batches until the parent closes the pipe."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import StaticPool
+
+    from pagerduty_connector.runtime.durable import enqueuer, system_database_url
+    from pagerduty_connector.runtime.store import sqlite_pragmas
+
+    hello = _read(incoming)
+    if hello is None:
+        return
+    url, table, columns, secret_key = hello
+    sync_url = system_database_url(url)
+    is_sqlite = sync_url.startswith("sqlite")
+    sql = Statements(table, columns, "?" if is_sqlite else "%s")
+    # Parameters are rows of deliveries: an error names the statement, not the data.
+    engine = create_engine(sync_url, poolclass=StaticPool, hide_parameters=True)
+    if is_sqlite:
+        event.listen(engine, "connect", sqlite_pragmas)
+    queue = enqueuer("", secret_key, engine=engine)
+    with engine.connect() as connection:
+        while (batch := _read(incoming)) is not None:
+            try:
+                answer: tuple[str, Any] = ("ok", apply_batch(connection, sql, queue, *batch))
+            except Exception as exc:  # the parent fails the batch's callers with this
+                answer = ("error", f"{type(exc).__name__}: {exc}")
+            outgoing.write(frame(answer))
+            outgoing.flush()
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    serve(sys.stdin.buffer, sys.stdout.buffer)
