@@ -141,6 +141,9 @@ def checkpoint_engine(url: str) -> Any:
     return engine
 
 
+DRAIN_LIMIT = 120.0
+
+
 class StepFailed(ComponentError):
     """A flow step failed for good (after its retries); the message says why."""
 
@@ -151,7 +154,9 @@ class Durable:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.queue: Queue | None = None
-        self._pending: set[str] = set()
+        # The workflows running in this process, cancelled at stop: DBOS records nothing
+        # for a cancelled workflow, so each resumes from its last checkpoint next start.
+        self.running: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._checkpoints: Any = None
 
@@ -194,6 +199,16 @@ class Durable:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        interrupted = 0
+        while self.running:  # a poll may start another run while these end
+            tasks = list(self.running)
+            interrupted += len(tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.running.difference_update(tasks)
+        if interrupted:
+            log.info("%d runs stopped; they resume from their checkpoints", interrupted)
         DBOS.destroy(destroy_registry=False)
         if self._checkpoints is not None:  # ours, so DBOS leaves it open
             self._checkpoints.dispose()
@@ -208,7 +223,6 @@ class Durable:
             SetEnqueueOptions(queue_partition_key=partition(instance_id, flow)),
         ):
             await self.queue.enqueue_async(run_execution)
-        self.track(execution_id)
 
     async def beat(self) -> None:
         """Say this process is alive."""
@@ -256,7 +270,6 @@ class Durable:
             )
             for run in runs:
                 await DBOS.resume_workflow_async(run.workflow_id, queue_name=run.queue_name)
-                self.track(run.workflow_id)
                 resumed.append(run.workflow_id)
             if runs:
                 log.warning("took over %d runs of silent executor %s", len(runs), executor)
@@ -271,10 +284,6 @@ class Durable:
             except Exception:  # a failed beat is retried at the next one
                 log.exception("heartbeat or take-over failed")
 
-    def track(self, execution_id: str) -> None:
-        """Remember an execution queued by this process, so ``drain`` waits for it."""
-        self._pending.add(execution_id)
-
     async def fork(self, execution_id: str, checkpoint: int, new_id: str, partition: str) -> None:
         """Run execution ``execution_id`` again as ``new_id`` from its DBOS step
         ``checkpoint``: the steps before it keep their recorded outputs."""
@@ -282,18 +291,20 @@ class Durable:
             await DBOS.fork_workflow_async(
                 execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
             )
-        self.track(new_id)
 
     async def drain(self) -> None:
-        """Wait for the workflows this process submitted (tests, graceful shutdown)."""
-        while self._pending:
-            execution_id = next(iter(self._pending))
-            try:
-                handle = await DBOS.retrieve_workflow_async(execution_id)
-                await handle.get_result()
-            except Exception:  # the record says what went wrong
-                log.debug("execution %s ended with an error", execution_id)
-            self._pending.discard(execution_id)
+        """Wait until no execution is unfinished (tests, and operators before an upgrade);
+        ``TimeoutError`` after ``DRAIN_LIMIT`` seconds."""
+        deadline = asyncio.get_running_loop().time() + DRAIN_LIMIT
+        while rows := await self.engine.unfinished():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(rows)} executions are still unfinished")
+            for execution_id, _, _ in rows:
+                try:
+                    handle = await DBOS.retrieve_workflow_async(execution_id)
+                    await handle.get_result()
+                except Exception:  # the record says what went wrong; or not queued yet
+                    await asyncio.sleep(0.05)
 
 
 def partition(instance_id: str, flow: str) -> str:
@@ -401,6 +412,10 @@ async def run_execution() -> str:
     engine = current()
     execution_id = DBOS.workflow_id
     assert execution_id is not None
+    task = asyncio.current_task()
+    assert task is not None
+    engine.durable.running.add(task)
+    task.add_done_callback(engine.durable.running.discard)
     plan = await load_plan(execution_id)
     if plan is None:
         await engine.finish(execution_id, "failed", error="the instance or flow no longer exists")

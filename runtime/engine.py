@@ -143,17 +143,20 @@ class Engine:
             )
             return int((await db.execute(query)).scalar_one())
 
+    async def unfinished(self) -> list[tuple[str, str, str]]:
+        """(id, instance, flow) of the executions received or running, oldest first."""
+        async with self.store.session() as db:
+            query = (
+                select(ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow)
+                .where(ExecutionRow.status.in_(UNFINISHED))
+                .order_by(ExecutionRow.received_at)
+            )
+            return [tuple(row) for row in (await db.execute(query)).all()]  # type: ignore[misc]
+
     async def requeue_unfinished(self) -> int:
         """Queue every unfinished execution again: one recorded by a process that stopped
         before queueing it starts now, and the rest are found already queued (same id)."""
-        async with self.store.session() as db:
-            rows = (
-                await db.execute(
-                    select(ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow)
-                    .where(ExecutionRow.status.in_(UNFINISHED))
-                    .order_by(ExecutionRow.received_at)
-                )
-            ).all()
+        rows = await self.unfinished()
         for execution_id, instance_id, flow in rows:
             await self.submit(execution_id, instance_id, flow)
         return len(rows)

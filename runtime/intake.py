@@ -9,6 +9,7 @@ entry too. Before refusing a delivery, intake reads the instance again (``refres
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,9 @@ class IntakeCache:
     def __init__(self, store: Store, box: SecretBox, ttl: float = 2.0) -> None:
         self.store, self.box, self.ttl = store, box, ttl
         self._entries: dict[str, tuple[float, IntakeTarget | None]] = {}
+        self._loading: dict[str, asyncio.Future[IntakeTarget | None]] = {}
+        # Bumped by every drop, so a read that started before a change is not kept.
+        self._generation = 0
         self._listener: Any = None
 
     async def start(self) -> None:
@@ -89,11 +93,15 @@ class IntakeCache:
 
     def forget(self, instance_id: str) -> None:
         """Drop an instance after this process changed it."""
+        self._generation += 1
         self._entries.pop(instance_id, None)
+        self._loading.pop(instance_id, None)
 
     def clear(self) -> None:
         """Drop every entry (a connection changed; several instances may use it)."""
+        self._generation += 1
         self._entries.clear()
+        self._loading.clear()
 
     async def refresh(self, instance_id: str, min_age: float = 0.05) -> IntakeTarget | None:
         """The instance read again, unless it was read less than ``min_age`` seconds ago.
@@ -113,8 +121,19 @@ class IntakeCache:
         cached = self._entries.get(instance_id)
         if cached and time.monotonic() - cached[0] < self.ttl:
             return cached[1]
+        # One read per instance at a time: when an entry expires under load, every
+        # delivery arriving meanwhile waits for that read instead of making its own.
+        loading = self._loading.get(instance_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_and_keep(instance_id, self._generation))
+            self._loading[instance_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(instance_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load_and_keep(self, instance_id: str, generation: int) -> IntakeTarget | None:
         target = await self._load(instance_id)
-        self._entries[instance_id] = (time.monotonic(), target)
+        if generation == self._generation:  # not dropped while it was being read
+            self._entries[instance_id] = (time.monotonic(), target)
         return target
 
     async def _load(self, instance_id: str) -> IntakeTarget | None:

@@ -68,8 +68,6 @@ async def record(
         row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key)
     if not await engine.writer.record(row):
         return JSONResponse({"duplicate": True, "webhookId": row["webhook_id"]}, status_code=200)
-    if reason is None:
-        engine.durable.track(row["id"])
     return JSONResponse({"execution": row["id"], "status": status}, status_code=202)
 
 

@@ -12,6 +12,7 @@ change is committed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import pickle
 import sys
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 log = get_logger("writer")
 MAX_BATCH = 256
+# Batches handed to the writer process and not yet committed, at most.
+IN_FLIGHT = 4
 # The key of an inserted row naming the (queue, partition) its run goes to (not a column).
 QUEUE_KEY = "queue"
 
@@ -57,6 +60,8 @@ class _Batches:
             for c in table.columns
         }
         self._process: asyncio.subprocess.Process | None = None
+        self._waiting: collections.deque[asyncio.Future[set[str]]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
 
     def _convert(self, name: str, value: Any) -> Any:
         convert = self._processors[name]
@@ -78,8 +83,13 @@ class _Batches:
         ]
         return rows, changes
 
-    async def write(self, prepared: Any) -> set[str]:
-        """Send a batch to the writer process and wait until it is committed."""
+    async def send(self, prepared: Any) -> asyncio.Future[set[str]]:
+        """Hand a batch to the writer process; the future resolves once it is committed.
+
+        Batches are answered in the order they were sent, so several can be on their
+        way at once: the child starts the next batch as soon as it has committed one,
+        without waiting for a round trip through the event loop.
+        """
         process = self._process
         if process is None or process.returncode is not None:
             process = self._process = await asyncio.create_subprocess_exec(
@@ -91,25 +101,46 @@ class _Batches:
             )
             assert process.stdin is not None
             process.stdin.write(frame(self._hello))
-        assert process.stdin is not None and process.stdout is not None
+            self._waiting = collections.deque()
+            self._reader = asyncio.create_task(self._answers(process, self._waiting))
+        assert process.stdin is not None
+        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(answer)
         try:
             process.stdin.write(frame(prepared))
             await process.stdin.drain()
-            size = int.from_bytes(await process.stdout.readexactly(4), "big")
-            status, value = pickle.loads(await process.stdout.readexactly(size))
+        except ConnectionError:
+            process.kill()  # the reader fails every batch sent to it
+        return answer
+
+    async def _answers(
+        self, process: asyncio.subprocess.Process, waiting: collections.deque[Any]
+    ) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                size = int.from_bytes(await process.stdout.readexactly(4), "big")
+                status, value = pickle.loads(await process.stdout.readexactly(size))
+                answer = waiting.popleft()
+                if status == "ok":
+                    answer.set_result(set(value))
+                else:
+                    answer.set_exception(RuntimeError(f"the writer could not commit: {value}"))
         except (ConnectionError, asyncio.IncompleteReadError):
-            process.kill()
-            raise RuntimeError("the writer process stopped; it is restarted") from None
-        if status != "ok":
-            raise RuntimeError(f"the writer could not commit: {value}")
-        return set(value)
+            if process.returncode is None:
+                process.kill()
+            while waiting:
+                lost = RuntimeError("the writer process stopped; it is restarted")
+                waiting.popleft().set_exception(lost)
 
     async def close(self) -> None:
-        """Let the writer process finish and exit."""
+        """Let the writer process finish what it was sent and exit."""
         if self._process is not None and self._process.returncode is None:
             assert self._process.stdin is not None
             self._process.stdin.close()
             await self._process.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class ExecutionWriter:
@@ -128,7 +159,8 @@ class ExecutionWriter:
         Item = tuple[Insert | Update, asyncio.Future[bool]]
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._inflight: asyncio.Future[set[str]] | None = None
+        self._inflight: set[asyncio.Future[set[str]]] = set()
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._process = _Batches(store.url, store.is_sqlite, secret_key)
 
     async def _submit(self, item: Insert | Update) -> bool:
@@ -148,34 +180,45 @@ class ExecutionWriter:
 
     async def _run(self) -> None:
         while True:
+            # A slot first, then the batch: while every slot is taken, changes pile up
+            # into the next batch (group commit); with one free, the child never idles.
+            await self._slots.acquire()
             batch = [await self._queue.get()]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             inserts = [item for item, _ in batch if isinstance(item, dict)]
             updates = [item for item, _ in batch if isinstance(item, tuple)]
             try:
-                inserted = await self._write(inserts, updates)
-            except Exception as exc:  # every waiting caller learns it was not stored
-                log.exception("could not write %d execution changes", len(batch))
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                answer = await self._process.send(self._process.prepare(inserts, updates))
+            except Exception as exc:
+                self._slots.release()
+                self._settle(batch, exc, set())
                 continue
-            for item, done in batch:
-                if not done.done():
-                    done.set_result(not isinstance(item, dict) or item["id"] in inserted)
+            self._inflight.add(answer)
+            answer.add_done_callback(lambda done, batch=batch: self._answered(batch, done))
 
-    async def _write(self, inserts: list[Insert], updates: list[Update]) -> set[str]:
-        prepared = self._process.prepare(inserts, updates)
-        # Shielded: a cancelled caller must not interrupt a batch half sent or read.
-        self._inflight = asyncio.ensure_future(self._process.write(prepared))
-        return await asyncio.shield(self._inflight)
+    def _answered(self, batch: list[Any], answer: asyncio.Future[set[str]]) -> None:
+        self._inflight.discard(answer)
+        self._slots.release()
+        exc = answer.exception() if not answer.cancelled() else RuntimeError("cancelled")
+        self._settle(batch, exc, set() if exc else answer.result())
+
+    @staticmethod
+    def _settle(batch: list[Any], exc: BaseException | None, inserted: set[str]) -> None:
+        if exc is not None:  # every waiting caller learns it was not stored
+            log.error("could not write %d execution changes: %s", len(batch), exc)
+        for item, done in batch:
+            if done.done():
+                continue
+            if exc is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(not isinstance(item, dict) or item["id"] in inserted)
 
     async def close(self) -> None:
         """Stop the writer task (pending callers have already been answered or failed)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._inflight is not None:
-            await asyncio.gather(self._inflight, return_exceptions=True)
+        await asyncio.gather(*self._inflight, return_exceptions=True)
         await self._process.close()

@@ -114,8 +114,11 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
                 answer: tuple[str, Any] = ("ok", apply_batch(connection, sql, queue, *batch))
             except Exception as exc:  # the parent fails the batch's callers with this
                 answer = ("error", f"{type(exc).__name__}: {exc}")
-            outgoing.write(frame(answer))
-            outgoing.flush()
+            try:
+                outgoing.write(frame(answer))
+                outgoing.flush()
+            except BrokenPipeError:  # the parent is gone (killed); nobody waits for this
+                break
     engine.dispose()
 
 

@@ -43,3 +43,39 @@ async def test_a_change_announced_by_one_process_is_dropped_by_the_others(store:
         assert there._entries == {}
     finally:
         await there.stop()
+
+
+async def test_deliveries_arriving_while_an_entry_is_read_share_one_read(store: Store) -> None:
+    box = SecretBox(Fernet.generate_key().decode())
+    async with store.session() as db:
+        db.add(InstanceRow(id="acme", flows=[], enabled=True))
+        await db.commit()
+    cache = IntakeCache(store, box, ttl=3600)
+    reads = 0
+    load = cache._load
+
+    async def counted(instance_id: str) -> object:
+        nonlocal reads
+        reads += 1
+        return await load(instance_id)
+
+    cache._load = counted  # type: ignore[method-assign]
+    targets = await asyncio.gather(*(cache.get("acme") for _ in range(32)))
+    assert reads == 1
+    assert all(t is targets[0] and t is not None and t.enabled for t in targets)
+
+    # A change dropped while a read was under way: that read is not kept.
+    gate = asyncio.Event()
+
+    async def slow(instance_id: str) -> object:
+        await gate.wait()
+        return await load(instance_id)
+
+    cache.forget("acme")
+    cache._load = slow  # type: ignore[method-assign]
+    pending = asyncio.ensure_future(cache.get("acme"))
+    await asyncio.sleep(0)
+    cache.forget("acme")
+    gate.set()
+    await pending
+    assert "acme" not in cache._entries

@@ -1,5 +1,6 @@
-"""``pdc serve`` as a real process: a SIGKILLed server resumes what it had recorded, and
-the steps that had finished are not sent to PagerDuty again."""
+"""``pdc serve`` as a real process: a server SIGKILLed, or stopped with SIGTERM, in the
+middle of a run resumes it at its next start, and the steps that had finished are not
+sent to PagerDuty again."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def pagerduty() -> Iterator[LocalPagerDuty]:
         yield server
 
 
-def test_sigkilled_server_resumes_a_recorded_execution(
-    tmp_path: Path, pagerduty: LocalPagerDuty
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_a_stopped_server_resumes_a_recorded_execution(
+    tmp_path: Path, pagerduty: LocalPagerDuty, stop: signal.Signals
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -63,8 +65,12 @@ def test_sigkilled_server_resumes_a_recorded_execution(
     try:
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
         execution = start_a_three_step_run(api, pagerduty, "kill-1", API_KEY)
-        server.send_signal(signal.SIGKILL)
+        server.send_signal(stop)
         server.wait(timeout=30)
+        if stop == signal.SIGTERM:  # the run is stopped, not failed, and quietly
+            stopped = logs.read_text()
+            assert "1 runs stopped; they resume from their checkpoints" in stopped
+            assert "Traceback" not in stopped and "ERROR" not in stopped
 
         server = start()
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
