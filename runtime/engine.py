@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx2
-from sqlalchemy import func
+from sqlalchemy import column, func, table
 
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
@@ -143,20 +143,32 @@ class Engine:
             )
             return int((await db.execute(query)).scalar_one())
 
-    async def unfinished(self) -> list[tuple[str, str, str]]:
-        """(id, instance, flow) of the executions received or running, oldest first."""
-        async with self.store.session() as db:
-            query = (
-                select(ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow)
-                .where(ExecutionRow.status.in_(UNFINISHED))
-                .order_by(ExecutionRow.received_at)
+    async def unfinished(self, *, unqueued: bool = False) -> list[tuple[str, str, str]]:
+        """(id, instance, flow) of the executions received or running, oldest first;
+        with ``unqueued``, only those DBOS holds no workflow for."""
+        query = (
+            select(ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow)
+            .where(ExecutionRow.status.in_(UNFINISHED))
+            .order_by(ExecutionRow.received_at)
+        )
+        if unqueued:
+            workflows = table(
+                "workflow_status",
+                column("workflow_uuid"),
+                schema=None if self.store.is_sqlite else "dbos",
             )
+            known = select(workflows.c.workflow_uuid).where(
+                workflows.c.workflow_uuid == ExecutionRow.id
+            )
+            query = query.where(~known.exists())
+        async with self.store.session() as db:
             return [tuple(row) for row in (await db.execute(query)).all()]  # type: ignore[misc]
 
     async def requeue_unfinished(self) -> int:
-        """Queue every unfinished execution again: one recorded by a process that stopped
-        before queueing it starts now, and the rest are found already queued (same id)."""
-        rows = await self.unfinished()
+        """Queue the unfinished executions DBOS has no workflow for (recorded before the
+        run was queued in the same transaction, or a retry whose fork was cut off); the
+        others DBOS resumes or dequeues itself."""
+        rows = await self.unfinished(unqueued=True)
         for execution_id, instance_id, flow in rows:
             await self.submit(execution_id, instance_id, flow)
         return len(rows)

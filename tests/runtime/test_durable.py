@@ -6,6 +6,7 @@ import asyncio
 import copy
 import itertools
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx2
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.durable import SealedSerializer, system_database_url
+from pagerduty_connector.runtime.store import now
 from tests.conftest import REST
 from tests.support.runtime import (
     AUTH,
@@ -224,3 +226,41 @@ def test_runs_with_one_concurrency_key_go_one_at_a_time(
     runs_of_a = sorted((records[i] for i in (0, 1, 3)), key=lambda r: r["startedAt"])
     for earlier, later in itertools.pairwise(runs_of_a):
         assert earlier["finishedAt"] <= later["startedAt"]
+
+
+def test_at_start_only_executions_without_a_queued_run_are_queued(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """A row recorded before its run was queued in the same transaction (by an older
+    version, or a retry cut off before its fork) is queued at the next start; the runs
+    DBOS holds are left to DBOS."""
+    settings = settings_for(database_url, tmp_path)
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    notes = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        deploy_acme(api)
+        ran = deliver(api, subs, PATH, "ran").json()["execution"]
+        drain(api)
+        engine = api.app.state.engine
+        trigger = api.get(f"/api/executions/{ran}").json()["trigger"]
+        lost = {
+            "id": "lost-run",
+            "instance_id": "acme",
+            "flow": "on-incident",
+            "webhook_id": "lost",
+            "status": "received",
+            "received_body": "{}",
+            "headers": {},
+            "trigger": trigger,
+            "steps": [],
+            "received_at": now(),
+        }
+        assert api.portal.call(engine.writer.record, lost)  # type: ignore[union-attr]
+        unqueued = api.portal.call(partial(engine.unfinished, unqueued=True))  # type: ignore[union-attr]
+        assert [row[0] for row in unqueued] == ["lost-run"]
+    assert notes.call_count == 1
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        drain(api)
+        assert api.get("/api/executions/lost-run").json()["status"] == "succeeded"
+        assert api.get(f"/api/executions/{ran}").json()["status"] == "succeeded"
+    assert notes.call_count == 2  # the lost run's note; the first run was not run again
