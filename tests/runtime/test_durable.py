@@ -6,6 +6,7 @@ import asyncio
 import copy
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -221,10 +222,35 @@ def test_runs_with_one_concurrency_key_go_one_at_a_time(
     records = [durable_api.get(f"/api/executions/{a.json()['execution']}").json() for a in answers]
     assert [r["status"] for r in records] == ["succeeded"] * 4
     assert peak == {"A": 1, "B": 1}
-    # The runs of key A never overlapped (the order among runs recorded in one batch is
-    # DBOS's queue order: enqueue time to the millisecond).
+    # The runs of key A never overlapped.
     runs_of_a = sorted((records[i] for i in (0, 1, 3)), key=lambda r: r["startedAt"])
     for earlier, later in itertools.pairwise(runs_of_a):
+        assert earlier["finishedAt"] <= later["startedAt"]
+
+
+def test_runs_with_one_concurrency_key_start_in_the_order_their_deliveries_arrived(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    keyed = {**FLOW, "concurrencyKey": "{{ trigger.event.data.id }}"}
+    assert durable_api.put(
+        "/api/instances/acme", json={"connection": "ops", "flows": [keyed]}
+    ).is_success
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    # Delivered at once, so several are recorded, and queued, in one batch and within
+    # one millisecond: their order is then the order of their (time-ordered) ids.
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(lambda n: deliver(durable_api, subs, PATH, f"order-{n}"), range(24))
+        )
+    assert [a.status_code for a in answers] == [202] * 24
+    drain(durable_api)
+    ids = sorted(a.json()["execution"] for a in answers)  # the order they were recorded in
+    records = [durable_api.get(f"/api/executions/{i}").json() for i in ids]
+    assert [r["status"] for r in records] == ["succeeded"] * 24
+    started = sorted(records, key=lambda r: r["startedAt"])
+    assert [r["id"] for r in started] == ids
+    for earlier, later in itertools.pairwise(started):
         assert earlier["finishedAt"] <= later["startedAt"]
 
 
