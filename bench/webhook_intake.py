@@ -12,7 +12,10 @@ headers under the secret that deploy received. Two measurements:
 * latency: an open-loop generator at a fixed 200 requests per second, timing
   each answer from its scheduled send time; p50 and p99 (target p99 < 100 ms),
   for the same intake path, and, for information, for a flow that also runs its
-  step (``getIncident`` against the local stand-in) for every delivery.
+  step (``getIncident`` against the local stand-in) for every delivery;
+* during a slow deploy: while another instance's deploy waits 6 s on PagerDuty
+  (the stand-in holds its ``POST /webhook_subscriptions``), deliveries to the
+  deployed instance at 50 per second; p99 and worst (target < 100 ms).
 
 The stand-in PagerDuty runs in its own process so that it does not compete with
 the load generator for this process's interpreter.
@@ -34,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -42,7 +46,12 @@ from typing import Any
 import httpx2
 from cryptography.fernet import Fernet
 
-from pagerduty_connector.component.standin.server import SECRETS_PATH, free_port, serve
+from pagerduty_connector.component.standin.server import (
+    HOLD_PATH,
+    SECRETS_PATH,
+    free_port,
+    serve,
+)
 from pagerduty_connector.triggers.signature import sign
 
 ADMIN = "bench-admin-token"
@@ -184,6 +193,26 @@ async def _fixed_rate(
     return latencies
 
 
+def _during_slow_deploy(
+    api: httpx2.Client, pagerduty_url: str, url: str, body: bytes, signature: str
+) -> list[float]:
+    """Latencies of deliveries at 50/s while another instance's deploy is held 6 s."""
+    hold = {"method": "POST", "path": "/webhook_subscriptions", "seconds": 6}
+    httpx2.post(f"{pagerduty_url}{HOLD_PATH}", json=hold).raise_for_status()
+    slow = _flow("slow", ["incident.triggered"])
+    deploying = threading.Thread(
+        target=lambda: api.post(
+            "/api/instances", json={"name": "other", "connection": "ops", "flows": [slow]}
+        ).raise_for_status()
+    )
+    deploying.start()
+    time.sleep(0.5)  # the deploy is now waiting on PagerDuty
+    latencies = asyncio.run(_fixed_rate(url, body, signature, rate=50, seconds=4))
+    assert deploying.is_alive(), "the deploy was not slow: the measurement would not count"
+    deploying.join()
+    return latencies
+
+
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -278,6 +307,10 @@ def main() -> None:
                 "bare": asyncio.run(
                     _fixed_rate(f"{bare_base}/webhooks/bench/intake", body, "v1=00")
                 ),
+                # Before the flow with a step: its runs would still be going on here.
+                "deploying": _during_slow_deploy(
+                    api, pagerduty_url, f"{runtime_url}/intake", body, sign(body, secrets["intake"])
+                ),
                 "full": asyncio.run(
                     _fixed_rate(f"{runtime_url}/full", body, sign(body, secrets["full"]))
                 ),
@@ -299,6 +332,8 @@ def main() -> None:
         ("p99 ms at 200/s", ms(latency["intake"], 0.99), ms(latency["bare"], 0.99), None),
         ("p50 ms at 200/s, step running", ms(latency["full"], 0.5), "", None),
         ("p99 ms at 200/s, step running", ms(latency["full"], 0.99), "", None),
+        ("p99 ms, another deploy slow", ms(latency["deploying"], 0.99), "", None),
+        ("worst ms, another deploy slow", ms(latency["deploying"], 1.0), "", None),
     ]
     print(
         f"webhook intake ({args.database}), wrk: 1 thread, {args.connections} connections, "
@@ -310,7 +345,7 @@ def main() -> None:
     for n, (left, right) in enumerate(zip(rates["runtime"], rates["bare"], strict=True)):
         print(f"{f'  run {n + 1}':32}{left:>14.0f}{right:>14.0f}{left / right:>8.2f}")
     print(f"executions of the flow with a step that succeeded: {finished} of {len(done)} listed")
-    print("targets: ratio >= 0.5, p99 < 100 ms")
+    print("targets: ratio >= 0.5, p99 < 100 ms; during another instance's slow deploy < 100 ms")
 
 
 if __name__ == "__main__":

@@ -154,9 +154,6 @@ class Durable:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.queue: Queue | None = None
-        # The workflows running in this process, cancelled at stop: DBOS records nothing
-        # for a cancelled workflow, so each resumes from its last checkpoint next start.
-        self.running: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._checkpoints: Any = None
 
@@ -199,16 +196,31 @@ class Durable:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
-        interrupted = 0
-        while self.running:  # a poll may start another run while these end
-            tasks = list(self.running)
-            interrupted += len(tasks)
+        # Stop the queues first, so no run starts while the ones here are stopped; then
+        # cancel every workflow task (DBOS records nothing for a cancelled one, so each
+        # resumes from its last checkpoint), also one dispatched as the queues stopped.
+        from dbos import _dbos
+
+        instance = _dbos._dbos_global_instance
+        for stop in getattr(instance, "background_thread_stop_events", []):
+            stop.set()
+        interrupted: set[asyncio.Task[Any]] = set()
+        for _ in range(3):
+            await asyncio.sleep(self.engine.settings.queue_polling_interval)
+            tasks = [
+                task
+                for task in asyncio.all_tasks()
+                if getattr(task.get_coro(), "__name__", "") == "_execute_workflow_async"
+                and not task.done()
+            ]
+            if not tasks:
+                break
+            interrupted.update(tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.running.difference_update(tasks)
         if interrupted:
-            log.info("%d runs stopped; they resume from their checkpoints", interrupted)
+            log.info("%d runs stopped; they resume from their checkpoints", len(interrupted))
         DBOS.destroy(destroy_registry=False)
         if self._checkpoints is not None:  # ours, so DBOS leaves it open
             self._checkpoints.dispose()
@@ -412,10 +424,6 @@ async def run_execution() -> str:
     engine = current()
     execution_id = DBOS.workflow_id
     assert execution_id is not None
-    task = asyncio.current_task()
-    assert task is not None
-    engine.durable.running.add(task)
-    task.add_done_callback(engine.durable.running.discard)
     plan = await load_plan(execution_id)
     if plan is None:
         await engine.finish(execution_id, "failed", error="the instance or flow no longer exists")

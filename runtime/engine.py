@@ -196,6 +196,7 @@ class Engine:
 
     async def start(self) -> None:
         """Start durable execution and queue what a stopped process left unfinished."""
+        await self.writer.start()
         await self.intake.start()
         await self.durable.start()
         count = await self.requeue_unfinished()

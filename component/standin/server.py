@@ -8,7 +8,8 @@ after a delay (``hold=(method, path, seconds)`` holds only the first such reques
 to catch a runtime mid-step), and records the method and path of every request.
 ``GET /_mock/secrets`` (not PagerDuty's) lists the signing secret of every
 subscription it created by delivery URL, so a person or a benchmark can sign
-deliveries the way PagerDuty would.
+deliveries the way PagerDuty would; ``POST /_mock/hold`` with ``{"method", "path",
+"seconds"}`` holds the next such request (a slow PagerDuty, on demand).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 
 SECRETS_PATH = "/_mock/secrets"
+HOLD_PATH = "/_mock/hold"
 
 
 def free_port() -> int:
@@ -76,6 +78,7 @@ class LocalPagerDuty(ThreadingHTTPServer):
         self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
         self.subscriptions = FakeSubscriptions()
         self._lock = threading.Lock()
+        self._hold_next: dict[tuple[str, str], float] = {}
 
     @property
     def url(self) -> str:
@@ -89,9 +92,16 @@ class LocalPagerDuty(ThreadingHTTPServer):
             self.requests.append((method, path))
             before = len(self.requests) - 1
             first = self.requests.count((method, path)) == 1
+            wait = self._hold_next.pop((method, path), 0.0)
         if self.hold and self.hold[:2] == (method, path) and first:
-            time.sleep(self.hold[2])
+            wait = self.hold[2]
+        time.sleep(wait)
         return before
+
+    def hold_next(self, method: str, path: str, seconds: float) -> None:
+        """Hold the next ``method path`` request for ``seconds`` before answering it."""
+        with self._lock:
+            self._hold_next[(method.upper(), path)] = seconds
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -161,9 +171,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
 
     def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == HOLD_PATH:
+            asked = self._json()
+            self.server.hold_next(asked["method"], asked["path"], float(asked["seconds"]))
+            return self._send(204, None)
         if self._subscriptions("POST"):
             return
-        parts = urlsplit(self.path)
         self.server.record("POST", parts.path)
         body = self._json()
         if parts.path.endswith("/notes"):

@@ -83,13 +83,9 @@ class _Batches:
         ]
         return rows, changes
 
-    async def send(self, prepared: Any) -> asyncio.Future[set[str]]:
-        """Hand a batch to the writer process; the future resolves once it is committed.
-
-        Batches are answered in the order they were sent, so several can be on their
-        way at once: the child starts the next batch as soon as it has committed one,
-        without waiting for a round trip through the event loop.
-        """
+    async def start(self) -> asyncio.subprocess.Process:
+        """The writer process, started if it is not running (its imports take a second:
+        the runtime starts it at startup, not on the first delivery)."""
         process = self._process
         if process is None or process.returncode is not None:
             process = self._process = await asyncio.create_subprocess_exec(
@@ -103,6 +99,16 @@ class _Batches:
             process.stdin.write(frame(self._hello))
             self._waiting = collections.deque()
             self._reader = asyncio.create_task(self._answers(process, self._waiting))
+        return process
+
+    async def send(self, prepared: Any) -> asyncio.Future[set[str]]:
+        """Hand a batch to the writer process; the future resolves once it is committed.
+
+        Batches are answered in the order they were sent, so several can be on their
+        way at once: the child starts the next batch as soon as it has committed one,
+        without waiting for a round trip through the event loop.
+        """
+        process = await self.start()
         assert process.stdin is not None
         answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         self._waiting.append(answer)
@@ -169,6 +175,10 @@ class ExecutionWriter:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, done))
         return await done
+
+    async def start(self) -> None:
+        """Start the writer process now rather than at the first change."""
+        await self._process.start()
 
     async def record(self, values: Insert) -> bool:
         """Store one execution row; ``False`` if its webhook id was already recorded."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
@@ -75,6 +76,21 @@ def apply_batch(
     return inserted
 
 
+def _patiently(apply: Any, limit: float = 10.0) -> Any:
+    """Run ``apply`` (one transaction), again while SQLite says the database is locked,
+    for up to ``limit`` seconds."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return apply()
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.0003)
+
+
 def _read(stream: BinaryIO) -> Any:
     header = stream.read(4)
     if len(header) < 4:
@@ -107,11 +123,16 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
     engine = create_engine(sync_url, poolclass=StaticPool, hide_parameters=True)
     if is_sqlite:
         event.listen(engine, "connect", sqlite_pragmas)
+        # SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries while
+        # DBOS holds the write lock; a delivery waits for the lock here instead, in
+        # steps of a fraction of a millisecond (``_patiently``).
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=0"))
     queue = enqueuer("", secret_key, engine=engine)
     with engine.connect() as connection:
         while (batch := _read(incoming)) is not None:
             try:
-                answer: tuple[str, Any] = ("ok", apply_batch(connection, sql, queue, *batch))
+                applied = _patiently(lambda: apply_batch(connection, sql, queue, *batch))
+                answer: tuple[str, Any] = ("ok", applied)
             except Exception as exc:  # the parent fails the batch's callers with this
                 answer = ("error", f"{type(exc).__name__}: {exc}")
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,37 @@ async def test_a_dead_writer_process_is_replaced(tmp_path: Path) -> None:
     assert await writer.record(_row("wh-1")) is False  # and sees what the first stored
     await writer.close()
     await store.close()
+
+
+def test_the_writer_waits_for_a_locked_sqlite_database_in_short_steps() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from pagerduty_connector.runtime.store.writer_process import _patiently
+
+    tries: list[float] = []
+
+    def locked_twice() -> str:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return "committed"
+
+    assert _patiently(locked_twice) == "committed"
+    assert len(tries) == 3 and tries[-1] - tries[0] < 0.05  # not SQLite's 1-100 ms sleeps
+
+    def broken() -> None:
+        tries.append(time.monotonic())
+        raise OperationalError("INSERT", {}, Exception("no such table: executions"))
+
+    tries.clear()
+    with pytest.raises(OperationalError, match="no such table"):
+        _patiently(broken)
+    assert len(tries) == 1  # other errors are not retried
+
+    def always_locked() -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match="locked"):  # until the limit, then it fails
+        _patiently(always_locked, limit=0.05)
+    assert 0.05 <= time.monotonic() - started < 1
