@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.schemas import SchemaGenerator
 
 from pagerduty_connector.runtime import consent
+from pagerduty_connector.runtime.console import CONSOLE
 from pagerduty_connector.runtime.middleware import AdminAuth
 from pagerduty_connector.runtime.routes import component, connections, executions, instances
 from pagerduty_connector.runtime.routes.webhooks import health, receive_webhook
@@ -57,4 +58,5 @@ ROUTES: list[BaseRoute] = [
     Route("/oauth/callback", consent.callback, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
     Mount("/api", routes=API, middleware=[Middleware(AdminAuth)]),
+    CONSOLE,
 ]

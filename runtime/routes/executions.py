@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,7 +46,8 @@ def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
 
 async def list_executions(request: Request) -> JSONResponse:
     """
-    summary: List executions, newest first (filters instance, flow, status; limit)
+    summary: List executions, newest first (filters instance, flow, status, error text,
+      since an ISO time; limit)
     responses:
       200: {description: executions}
     """
@@ -59,6 +61,14 @@ async def list_executions(request: Request) -> JSONResponse:
     ):
         if params.get(name):
             query = query.where(column == params[name])
+    if params.get("error"):
+        query = query.where(ExecutionRow.error.contains(params["error"], autoescape=True))
+    if params.get("since"):
+        try:
+            since = datetime.fromisoformat(params["since"])
+        except ValueError:
+            raise HTTPException(400, "since must be an ISO 8601 time") from None
+        query = query.where(ExecutionRow.received_at >= since.replace(tzinfo=since.tzinfo or UTC))
     try:
         limit = min(max(int(params.get("limit", "100")), 1), 1000)
     except ValueError:

@@ -1,0 +1,320 @@
+"""The console's pages: executions, instances (with a YAML deploy editor), connections
+and the component browser. Each handler reads and changes through the API (``api.call``)
+and renders a Jinja2 template; forms that change something carry the CSRF token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from pagerduty_connector.component.redact import redact
+from pagerduty_connector.runtime.console.api import ApiError, call
+from pagerduty_connector.runtime.console.editor import locate_error
+from pagerduty_connector.runtime.console.session import (
+    csrf_ok,
+    session_of,
+    sign_in,
+    sign_out,
+    token_matches,
+)
+
+templates = Jinja2Templates(
+    env=Environment(
+        loader=PackageLoader("pagerduty_connector.runtime.console", "templates"),
+        autoescape=select_autoescape(default=True),
+    )
+)
+templates.env.filters["pretty"] = lambda value: redact(
+    json.dumps(value, indent=2, sort_keys=True, default=str)
+)
+STATUSES = ("received", "running", "succeeded", "failed", "skipped")
+EXAMPLE_INSTANCE = """\
+name: acme-oncall
+connection: ops
+flows:
+  - name: on-incident
+    trigger:
+      type: incidentsTrigger
+      inputs:
+        events: [incident.triggered]
+        webhookDescription: acme on-call
+        filterType: account_reference
+    steps:
+      - name: incident
+        action: getIncident
+        inputs:
+          id: "{{ trigger.event.data.id }}"
+      - name: note
+        action: createIncidentNote
+        inputs:
+          id: "{{ steps.incident.data.incident.id }}"
+          note: "Investigating: {{ steps.incident.data.incident.title }}"
+"""
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """Render a page with the session's CSRF token and the current section."""
+    session = session_of(request) or {}
+    context.setdefault("section", template.split("_")[0].split(".")[0])
+    return templates.TemplateResponse(
+        request, template, {"csrf": session.get("csrf", ""), **context}, status_code=status
+    )
+
+
+async def form_of(request: Request) -> dict[str, str] | Response:
+    """The submitted form, or a 403 page when its CSRF token is not the session's."""
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    if not csrf_ok(request, form.get("csrf")):
+        return page(request, "error.html", 403, message="This form has expired: reload the page.")
+    return form
+
+
+async def login(request: Request) -> Response:
+    """The sign-in form; posting the admin token starts a session."""
+    if request.method == "GET":
+        return page(request, "login.html", section="login")
+    form = await request.form()
+    if not token_matches(request, str(form.get("token", ""))):
+        return page(
+            request, "login.html", 401, section="login", error="That is not the admin token."
+        )
+    response = RedirectResponse("/console/executions", status_code=303)
+    sign_in(request, response)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """End the session."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    response = RedirectResponse("/console/login", status_code=303)
+    sign_out(response)
+    return response
+
+
+def _filters(request: Request) -> dict[str, str]:
+    names = ("instance", "flow", "status", "error", "since")
+    return {n: request.query_params[n] for n in names if request.query_params.get(n)}
+
+
+async def executions(request: Request) -> Response:
+    """The execution log with its filters; the table refreshes itself while runs go on."""
+    filters = _filters(request)
+    rows = await call(request, "GET", "/executions", params={**filters, "limit": "200"})
+    instances = await call(request, "GET", "/instances")
+    return page(
+        request,
+        "executions.html",
+        rows=rows,
+        filters=filters,
+        statuses=STATUSES,
+        instances=[i["name"] for i in instances],
+        query=urlencode(filters),
+    )
+
+
+async def execution_rows(request: Request) -> Response:
+    """The table's rows alone (htmx polls this)."""
+    filters = _filters(request)
+    rows = await call(request, "GET", "/executions", params={**filters, "limit": "200"})
+    return page(request, "executions_rows.html", rows=rows)
+
+
+async def execution(request: Request) -> Response:
+    """One execution: the event, each step's timeline, the error, Retry and Replay."""
+    try:
+        record = await call(request, "GET", f"/executions/{request.path_params['id']}")
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    live = record["status"] in ("received", "running")
+    return page(request, "execution.html", e=record, live=live)
+
+
+async def rerun(request: Request) -> Response:
+    """Retry (from the failed step) or replay (every step) an execution."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    how = request.path_params["how"]
+    if how not in ("retry", "replay"):
+        return page(request, "error.html", 404, message=f"No such action '{how}'.")
+    try:
+        started = await call(request, "POST", f"/executions/{request.path_params['id']}/{how}")
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    return RedirectResponse(f"/console/executions/{started['execution']}", status_code=303)
+
+
+async def instances(request: Request) -> Response:
+    """Every instance with its flows and state."""
+    return page(request, "instances.html", rows=await call(request, "GET", "/instances"))
+
+
+async def instance(request: Request) -> Response:
+    """One instance: flows, trigger events and filter, webhook URLs, subscriptions."""
+    try:
+        row = await call(request, "GET", f"/instances/{request.path_params['name']}")
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    return page(request, "instance.html", i=row)
+
+
+async def instance_action(request: Request) -> Response:
+    """Enable, disable or tear down an instance."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    name, action = request.path_params["name"], request.path_params["action"]
+    if action not in ("enable", "disable", "teardown"):
+        return page(request, "error.html", 404, message=f"No such action '{action}'.")
+    try:
+        if action == "teardown":
+            if form.get("confirm") != name:
+                message = f"Type the instance's name ({name}) to confirm the teardown."
+                return page(request, "error.html", 400, message=message)
+            await call(request, "DELETE", f"/instances/{name}")
+            return RedirectResponse("/console/instances", status_code=303)
+        await call(request, "POST", f"/instances/{name}/{action}")
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    return RedirectResponse(f"/console/instances/{name}", status_code=303)
+
+
+async def editor(request: Request) -> Response:
+    """Deploy (or redeploy) an instance from YAML; errors are shown at the line they name."""
+    name = request.path_params.get("name")
+    if request.method == "GET":
+        text = EXAMPLE_INSTANCE
+        if name:
+            row = await call(request, "GET", f"/instances/{name}")
+            document = {"name": name, "connection": row["connection"], "flows": row["flows"]}
+            text = yaml.safe_dump(document, sort_keys=False)
+        return page(request, "editor.html", text=text, name=name, section="instances")
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    text = form.get("yaml", "")
+    try:
+        document = yaml.safe_load(text)
+        if not isinstance(document, dict):
+            raise ValueError("the document must be a mapping with name, connection and flows")
+    except (yaml.YAMLError, ValueError) as exc:
+        problem = {"line": getattr(getattr(exc, "problem_mark", None), "line", None)}
+        problem["message"] = f"Not valid YAML: {exc}"
+        return page(
+            request, "editor.html", 400, text=text, name=name, error=problem, section="instances"
+        )
+    target = name or str(document.get("name", ""))
+    try:
+        if name:
+            body = {k: v for k, v in document.items() if k != "name"}
+            result = await call(request, "PUT", f"/instances/{name}", json=body)
+        else:
+            result = await call(request, "POST", "/instances", json=document)
+    except ApiError as exc:
+        problem = {"message": exc.message, **locate_error(text, exc.details)}
+        return page(
+            request,
+            "editor.html",
+            exc.status,
+            text=text,
+            name=name,
+            error=problem,
+            section="instances",
+        )
+    return page(request, "deployed.html", i=result, name=target, section="instances")
+
+
+def _editor(
+    request: Request, status: int, text: str, name: str | None, error: dict[str, Any]
+) -> Response:
+    return page(
+        request, "editor.html", status, text=text, name=name, error=error, section="instances"
+    )
+
+
+async def connections(request: Request) -> Response:
+    """Connections: type, region, OAuth status and consent link; key rotation."""
+    rows = await call(request, "GET", "/connections")
+    return page(request, "connections.html", rows=rows, notice=request.query_params.get("notice"))
+
+
+async def rotate_key(request: Request) -> Response:
+    """Replace an API-key connection's key (checked by the API before it is stored)."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    name = request.path_params["name"]
+    try:
+        current = await call(request, "GET", f"/connections/{name}")
+        config = {**current["config"], "apiKey": form.get("apiKey", "")}
+        await call(
+            request, "PUT", f"/connections/{name}", json={"type": current["type"], "config": config}
+        )
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    return RedirectResponse(
+        f"/console/connections?{urlencode({'notice': f'{name}: key rotated'})}", status_code=303
+    )
+
+
+async def component(request: Request) -> Response:
+    """Every action, trigger and data source of the component."""
+    return page(request, "component.html", spec=await call(request, "GET", "/component"))
+
+
+async def action(request: Request) -> Response:
+    """One action or data source: its inputs, examples, and a Try it form."""
+    spec = await call(request, "GET", "/component")
+    key = request.path_params["key"]
+    runnable = next((a for a in [*spec["actions"], *spec["dataSources"]] if a["key"] == key), None)
+    if runnable is None:
+        return page(request, "error.html", 404, message=f"No action or data source '{key}'.")
+    names = [c["name"] for c in await call(request, "GET", "/connections")]
+    result = error = None
+    values: dict[str, str] = {}
+    if request.method == "POST":
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        values = {k[3:]: v for k, v in form.items() if k.startswith("in.") and v != ""}
+        inputs = {k: _typed(v) for k, v in values.items()}
+        body = {"action": key, "connection": form.get("connection") or None, "inputs": inputs}
+        try:
+            result = (await call(request, "POST", "/test-runs", json=body))["result"]
+        except ApiError as exc:
+            error = exc.message
+    return page(
+        request,
+        "action.html",
+        section="component",
+        a=runnable,
+        connections=names,
+        values=values,
+        result=result,
+        error=error,
+    )
+
+
+def _typed(value: str) -> Any:
+    """A form value as JSON when it is JSON (objects, lists, numbers), else the text."""
+    text = value.strip()
+    if text[:1] in "{[" or text in ("true", "false", "null"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+async def home(request: Request) -> Response:
+    """The console starts at the execution log."""
+    return RedirectResponse("/console/executions", status_code=303)

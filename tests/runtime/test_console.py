@@ -1,0 +1,246 @@
+"""The web console (server-rendered pages under /console): sign-in and its cookie, CSRF,
+the execution log and page with Retry, the YAML deploy editor with errors at their line,
+instances, connections and the component browser's Try it; no page shows a secret."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import respx
+from starlette.testclient import TestClient
+
+from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.console.editor import locate_error
+from pagerduty_connector.runtime.console.session import COOKIE
+from pagerduty_connector.runtime.console.views import EXAMPLE_INSTANCE
+from pagerduty_connector.runtime.settings import RuntimeSettings
+from tests.conftest import REST
+from tests.support.runtime import (
+    ADMIN,
+    API_KEY,
+    AUTH,
+    INCIDENT,
+    answer_incident,
+    deliver,
+    drain,
+    make_connection,
+)
+
+PATH = "/webhooks/acme-oncall/on-incident"
+
+
+@pytest.fixture
+def console(
+    runtime_settings: RuntimeSettings, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> Iterator[TestClient]:
+    """The runtime app seen by a browser: https (the session cookie is Secure), no token."""
+    app = create_app(runtime_settings)
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as client:
+        yield client
+
+
+class as_admin:
+    """The same client (and event loop) calling the API with the admin token."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self.client.get(url, headers=AUTH, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.client.post(url, headers={**AUTH, **kwargs.pop("headers", {})}, **kwargs)
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+def signed_in(console: TestClient) -> str:
+    """Sign in; the CSRF token of the session."""
+    answer = console.post("/console/login", data={"token": ADMIN})
+    assert answer.status_code == 303 and answer.headers["location"] == "/console/executions"
+    return csrf_of(console.get("/console/executions").text)
+
+
+def assert_no_secret(html: str) -> None:
+    for secret in (API_KEY, ADMIN):
+        assert secret not in html
+
+
+def test_pages_need_a_session_that_only_the_admin_token_starts(console: TestClient) -> None:
+    assert console.get("/console/executions").headers["location"] == "/console/login"
+    polled = console.get("/console/executions/rows", headers={"HX-Request": "true"})
+    assert polled.headers["HX-Redirect"] == "/console/login"
+    assert console.get("/console/static/console.css").status_code == 200  # open
+    wrong = console.post("/console/login", data={"token": "guess"})
+    assert wrong.status_code == 401 and "not the admin token" in wrong.text
+    assert COOKIE not in console.cookies
+    answer = console.post("/console/login", data={"token": ADMIN})
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie
+    assert "Path=/console" in cookie and ADMIN not in cookie
+    assert console.get("/console/executions").status_code == 200
+    # A forged cookie is refused like none.
+    forged = answer.cookies[COOKIE][:-2] + "xx"
+    console.cookies.clear()
+    console.cookies.set(COOKIE, forged, domain="testserver.local", path="/console")
+    assert console.get("/console/executions").status_code == 303
+
+
+def test_forms_without_the_sessions_csrf_token_change_nothing(
+    console: TestClient, pd: respx.MockRouter
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    refused = console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE})
+    assert refused.status_code == 403
+    refused = console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": "x"})
+    assert refused.status_code == 403
+    assert console.get("/api/instances", headers=AUTH).json() == []
+    deployed = console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    assert deployed.status_code == 200 and "Deployed acme-oncall" in deployed.text
+    assert [i["name"] for i in console.get("/api/instances", headers=AUTH).json()] == [
+        "acme-oncall"
+    ]
+
+
+def test_the_editor_shows_a_deploy_error_at_the_line_it_names(
+    console: TestClient, pd: respx.MockRouter
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    broken = EXAMPLE_INSTANCE.replace("action: createIncidentNote", "action: createIncidentNot")
+    answer = console.post("/console/instances/new", data={"yaml": broken, "csrf": csrf})
+    assert answer.status_code == 400
+    line = broken.splitlines().index("        action: createIncidentNot") + 1
+    assert "flow &#39;on-incident&#39;, step &#39;note&#39;, input &#39;action&#39;" in answer.text
+    assert f"(line {line})" in answer.text
+    flagged = re.search(r'id="flagged-line"[^>]*>(\d+)<', answer.text)
+    assert flagged and int(flagged.group(1)) == line
+    assert "createIncidentNot" in answer.text  # the text is kept for fixing
+    assert console.get("/api/instances", headers=AUTH).json() == []  # nothing deployed
+    not_yaml = console.post("/console/instances/new", data={"yaml": "flows: [", "csrf": csrf})
+    assert not_yaml.status_code == 400 and "Not valid YAML" in not_yaml.text
+
+
+def test_locate_error_walks_to_the_flow_step_and_input() -> None:
+    text = EXAMPLE_INSTANCE
+    lines = text.splitlines()
+    at = locate_error(text, {"step": "on-incident.note (createIncidentNote)", "input": "note"})
+    assert lines[at["line"]].strip().startswith("note:")
+    at = locate_error(text, {"step": "on-incident.trigger (incidentsTrigger)", "input": "events"})
+    assert lines[at["line"]].strip().startswith("events:")
+    assert at["where"] == "flow 'on-incident', trigger, input 'events'"
+    at = locate_error(text, {"step": "on-incident", "input": "trigger.type"})
+    assert lines[at["line"]].strip() == "type: incidentsTrigger"
+    assert locate_error(text, {"step": "elsewhere", "input": None})["line"] is None
+
+
+def test_the_execution_log_and_page_with_retry_and_no_secret(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    admin = as_admin(console)
+    make_connection(admin)
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    answer_incident(pd)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(
+        400, json={"error": {"message": "Invalid Input Provided", "code": 2001}}
+    )
+    delivered = deliver(admin, subs, PATH, "console-1")
+    assert delivered.status_code == 202
+    drain(console)
+    execution = delivered.json()["execution"]
+
+    listed = console.get("/console/executions", params={"status": "failed"})
+    assert execution in listed.text and 'hx-trigger="every 2s"' in listed.text
+    assert execution not in console.get("/console/executions?status=succeeded").text
+    assert execution in console.get("/console/executions?error=Invalid+Input").text
+    assert execution not in console.get("/console/executions?error=nothing-like-it").text
+    rows = console.get("/console/executions/rows?instance=acme-oncall")
+    assert "<html" not in rows.text and f'data-id="{execution}"' in rows.text
+
+    shown = console.get(f"/console/executions/{execution}")
+    assert shown.status_code == 200 and "Invalid Input Provided" in shown.text
+    assert "Retry from the failed step" in shown.text and "createIncidentNote" in shown.text
+    assert "Investigating: Server is on fire" in shown.text  # the note's input, templated
+    assert_no_secret(shown.text)
+
+    note.respond(201, json={"note": {"id": "N1"}})
+    retried = console.post(f"/console/executions/{execution}/retry", data={"csrf": csrf})
+    assert retried.status_code == 303
+    new_page = retried.headers["location"]
+    drain(console)
+    retry = console.get(new_page)
+    assert "succeeded" in retry.text and f"/console/executions/{execution}" in retry.text
+    assert (
+        console.post(f"/console/executions/{execution}/nope", data={"csrf": csrf}).status_code
+        == 404
+    )
+    for page in (
+        "/console/executions",
+        "/console/instances",
+        "/console/instances/acme-oncall",
+        "/console/connections",
+        "/console/component",
+        "/console/component/getIncident",
+    ):
+        html = console.get(page)
+        assert html.status_code == 200, page
+        assert_no_secret(html.text)
+
+
+def test_instances_enable_disable_and_teardown_with_confirmation(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    page = console.get("/console/instances/acme-oncall").text
+    assert (
+        "incident.triggered" in page
+        and "https://pdc.example.com/webhooks/acme-oncall/on-incident" in page
+    )
+    assert (
+        console.post("/console/instances/acme-oncall/disable", data={"csrf": csrf}).status_code
+        == 303
+    )
+    assert console.get("/api/instances/acme-oncall", headers=AUTH).json()["enabled"] is False
+    unconfirmed = console.post(
+        "/console/instances/acme-oncall/teardown", data={"csrf": csrf, "confirm": "x"}
+    )
+    assert unconfirmed.status_code == 400 and subs.subscriptions
+    torn = console.post(
+        "/console/instances/acme-oncall/teardown", data={"csrf": csrf, "confirm": "acme-oncall"}
+    )
+    assert torn.status_code == 303 and not subs.subscriptions
+    assert console.get("/api/instances", headers=AUTH).json() == []
+
+
+def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRouter) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    form = console.get("/console/component/getIncident").text
+    assert 'name="in.id"' in form and "<option>ops</option>" in form
+    tried = console.post(
+        "/console/component/getIncident", data={"csrf": csrf, "connection": "ops", "in.id": "Q1P5"}
+    )
+    assert tried.status_code == 200 and "Server is on fire" in tried.text
+    missing = console.post(
+        "/console/component/getIncident", data={"csrf": csrf, "connection": "ops"}
+    )
+    assert "id" in missing.text and 'id="try-error"' in missing.text
+    rotated = console.post(
+        "/console/connections/ops/key", data={"csrf": csrf, "apiKey": "u+NEW-key-9"}
+    )
+    assert rotated.status_code == 303
+    page = console.get(rotated.headers["location"]).text
+    assert "ops: key rotated" in page and "u+NEW-key-9" not in page
