@@ -160,11 +160,46 @@ async def instances(request: Request) -> Response:
 
 async def instance(request: Request) -> Response:
     """One instance: flows, trigger events and filter, webhook URLs, subscriptions."""
+    name = request.path_params["name"]
     try:
-        row = await call(request, "GET", f"/instances/{request.path_params['name']}")
+        row = await call(request, "GET", f"/instances/{name}")
     except ApiError as exc:
         return page(request, "error.html", exc.status, message=exc.message)
-    return page(request, "instance.html", i=row)
+    charts = {
+        f["name"]: chart(await call(request, "GET", f"/instances/{name}/flows/{f['name']}/stats"))
+        for f in row["flows"]
+    }
+    return page(request, "instance.html", i=row, charts=charts)
+
+
+CHART_STATUSES = ("succeeded", "failed", "running", "received", "skipped")
+
+
+def chart(stats: dict[str, Any], height: int = 80, bar: int = 14) -> dict[str, Any]:
+    """Stacked bars (one per hour, by status) laid out for the SVG in ``instance.html``."""
+    totals = [sum(h.get(s, 0) for s in CHART_STATUSES) for h in stats["hours"]]
+    top = max(totals, default=0) or 1
+    bars = []
+    for n, hour in enumerate(stats["hours"]):
+        y = height
+        parts = []
+        for status in CHART_STATUSES:
+            count = hour.get(status, 0)
+            if count:
+                size = max(1.0, count / top * height)
+                y -= size
+                parts.append({"status": status, "y": y, "height": size, "count": count})
+        label = ", ".join(f"{p['count']} {p['status']}" for p in parts) or "none"
+        bars.append({"x": n * (bar + 2), "parts": parts, "hour": hour["hour"], "label": label})
+    return {
+        "bars": bars,
+        "width": len(bars) * (bar + 2),
+        "height": height,
+        "bar": bar,
+        "top": max(totals, default=0),
+        "total": sum(totals),
+        "steps": stats["steps"],
+    }
 
 
 async def instance_action(request: Request) -> Response:
@@ -209,9 +244,7 @@ async def editor(request: Request) -> Response:
     except (yaml.YAMLError, ValueError) as exc:
         problem = {"line": getattr(getattr(exc, "problem_mark", None), "line", None)}
         problem["message"] = f"Not valid YAML: {exc}"
-        return page(
-            request, "editor.html", 400, text=text, name=name, error=problem, section="instances"
-        )
+        return _editor(request, text, name, problem)
     target = name or str(document.get("name", ""))
     try:
         if name:
@@ -221,24 +254,13 @@ async def editor(request: Request) -> Response:
             result = await call(request, "POST", "/instances", json=document)
     except ApiError as exc:
         problem = {"message": exc.message, **locate_error(text, exc.details)}
-        return page(
-            request,
-            "editor.html",
-            exc.status,
-            text=text,
-            name=name,
-            error=problem,
-            section="instances",
-        )
+        return _editor(request, text, name, problem)
     return page(request, "deployed.html", i=result, name=target, section="instances")
 
 
-def _editor(
-    request: Request, status: int, text: str, name: str | None, error: dict[str, Any]
-) -> Response:
-    return page(
-        request, "editor.html", status, text=text, name=name, error=error, section="instances"
-    )
+def _editor(request: Request, text: str, name: str | None, error: dict[str, Any]) -> Response:
+    # 200: the page asked for is the editor, shown again with the problem at its line.
+    return page(request, "editor.html", text=text, name=name, error=error, section="instances")
 
 
 async def connections(request: Request) -> Response:

@@ -43,6 +43,7 @@ API: list[BaseRoute] = [
     Route("/instances/{name}", instances.delete_instance, methods=["DELETE"]),
     Route("/instances/{name}/{action:str}", instances.set_enabled, methods=["POST"]),
     Route("/instances/{name}/flows/{flow}/test", instances.test_flow, methods=["POST"]),
+    Route("/instances/{name}/flows/{flow}/stats", executions.flow_stats, methods=["GET"]),
     Route("/executions", executions.list_executions, methods=["GET"]),
     Route("/executions/{id}", executions.get_execution, methods=["GET"]),
     Route("/executions/{id}/retry", executions.retry_execution, methods=["POST"]),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -188,3 +188,63 @@ async def replay_execution(request: Request) -> JSONResponse:
         replay_of=original.id,
     )
     return answer
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def flow_stats(request: Request) -> JSONResponse:
+    """
+    summary: A flow's executions per hour by status, and its steps' duration percentiles
+      (the last ``hours`` hours, 24 by default, at most 168; retries count in the hours,
+      not in the durations)
+    responses:
+      200: {description: "hours (oldest first) and steps (p50, p95, max in ms)"}
+    """
+    engine = engine_of(request)
+    try:
+        hours = min(max(int(request.query_params.get("hours", "24")), 1), 168)
+    except ValueError:
+        raise HTTPException(400, "hours must be a whole number") from None
+    instance, flow = request.path_params["name"], request.path_params["flow"]
+    start = now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    query = select(
+        ExecutionRow.received_at, ExecutionRow.status, ExecutionRow.steps, ExecutionRow.retry_of
+    ).where(
+        ExecutionRow.instance_id == instance,
+        ExecutionRow.flow == flow,
+        ExecutionRow.received_at >= start,
+    )
+    slots = [start + timedelta(hours=n) for n in range(hours)]
+    counts: list[dict[str, int]] = [{} for _ in slots]
+    durations: dict[str, list[float]] = {}
+    async with engine.store.session() as db:
+        for received, status, steps, retry_of in (await db.execute(query)).all():
+            received = received if received.tzinfo else received.replace(tzinfo=UTC)
+            slot = int((received - start).total_seconds() // 3600)
+            if 0 <= slot < hours:
+                counts[slot][status] = counts[slot].get(status, 0) + 1
+            # A retry replays the steps before the failed one from their checkpoints in
+            # no time: its durations would drag the percentiles down.
+            for step in [] if retry_of else steps or []:
+                if isinstance(step.get("durationMs"), int | float):
+                    durations.setdefault(step["name"], []).append(float(step["durationMs"]))
+    step_stats = []
+    for name, values in durations.items():
+        ordered = sorted(values)
+        step_stats.append(
+            {
+                "name": name,
+                "count": len(ordered),
+                "p50": _percentile(ordered, 0.5),
+                "p95": _percentile(ordered, 0.95),
+                "max": ordered[-1],
+            }
+        )
+    return JSONResponse(
+        {
+            "hours": [{"hour": s.isoformat(), **c} for s, c in zip(slots, counts, strict=True)],
+            "steps": step_stats,
+        }
+    )

@@ -118,7 +118,7 @@ def test_the_editor_shows_a_deploy_error_at_the_line_it_names(
     make_connection(as_admin(console))
     broken = EXAMPLE_INSTANCE.replace("action: createIncidentNote", "action: createIncidentNot")
     answer = console.post("/console/instances/new", data={"yaml": broken, "csrf": csrf})
-    assert answer.status_code == 400
+    assert answer.status_code == 200  # the editor again, with the problem at its line
     line = broken.splitlines().index("        action: createIncidentNot") + 1
     assert "flow &#39;on-incident&#39;, step &#39;note&#39;, input &#39;action&#39;" in answer.text
     assert f"(line {line})" in answer.text
@@ -127,7 +127,7 @@ def test_the_editor_shows_a_deploy_error_at_the_line_it_names(
     assert "createIncidentNot" in answer.text  # the text is kept for fixing
     assert console.get("/api/instances", headers=AUTH).json() == []  # nothing deployed
     not_yaml = console.post("/console/instances/new", data={"yaml": "flows: [", "csrf": csrf})
-    assert not_yaml.status_code == 400 and "Not valid YAML" in not_yaml.text
+    assert "Not valid YAML" in not_yaml.text
 
 
 def test_locate_error_walks_to_the_flow_step_and_input() -> None:
@@ -184,6 +184,18 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
         console.post(f"/console/executions/{execution}/nope", data={"csrf": csrf}).status_code
         == 404
     )
+    stats = console.get("/api/instances/acme-oncall/flows/on-incident/stats", headers=AUTH).json()
+    assert len(stats["hours"]) == 24
+    assert {k: v for k, v in stats["hours"][-1].items() if k != "hour"} == {
+        "failed": 1,
+        "succeeded": 1,
+    }
+    steps = {s["name"]: s for s in stats["steps"]}
+    assert steps["incident"]["count"] == 1 and steps["note"]["count"] == 1  # not the retry
+    assert steps["note"]["p50"] <= steps["note"]["p95"] <= steps["note"]["max"]
+    chart = console.get("/console/instances/acme-oncall").text
+    assert "Last 24 hours: 2 executions" in chart and "1 succeeded, 1 failed" in chart
+    assert "Step durations (ms)" in chart
     for page in (
         "/console/executions",
         "/console/instances",
