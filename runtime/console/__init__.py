@@ -26,6 +26,7 @@ CONSOLE = Mount(
         Route("/instances/{name}/edit", views.editor, methods=["GET", "POST"]),
         Route("/instances/{name}/{action}", views.instance_action, methods=["POST"]),
         Route("/connections", views.connections, methods=["GET"]),
+        Route("/connections/new", views.create_connection, methods=["POST"]),
         Route("/connections/{name}/key", views.rotate_key, methods=["POST"]),
         Route("/component", views.component, methods=["GET"]),
         Route("/component/{key}", views.action, methods=["GET", "POST"]),

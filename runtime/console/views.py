@@ -265,8 +265,28 @@ def _editor(request: Request, text: str, name: str | None, error: dict[str, Any]
 
 async def connections(request: Request) -> Response:
     """Connections: type, region, OAuth status and consent link; key rotation."""
+    return await _connections_page(request, notice=request.query_params.get("notice"))
+
+
+async def _connections_page(request: Request, status: int = 200, **context: Any) -> Response:
     rows = await call(request, "GET", "/connections")
-    return page(request, "connections.html", rows=rows, notice=request.query_params.get("notice"))
+    types = (await call(request, "GET", "/component"))["connections"]
+    return page(request, "connections.html", status, rows=rows, types=types, **context)
+
+
+async def create_connection(request: Request) -> Response:
+    """Create a connection from its type's form (secrets go to the API, never back)."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    config = {k[3:]: _typed(v) for k, v in form.items() if k.startswith("in.") and v != ""}
+    body = {"name": form.get("name", ""), "type": form.get("type", ""), "config": config}
+    try:
+        created = await call(request, "POST", "/connections", json=body)
+    except ApiError as exc:
+        return await _connections_page(request, error=exc.message, chosen=body["type"])
+    notice = urlencode({"notice": f"{created['name']}: created"})
+    return RedirectResponse(f"/console/connections?{notice}", status_code=303)
 
 
 async def rotate_key(request: Request) -> Response:

@@ -4,7 +4,6 @@ enable and disable, tear down, and test a flow with a sample payload.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +26,7 @@ from pagerduty_connector.runtime.deploy import (
 )
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow
-from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404, shown
+from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, record
 from pagerduty_connector.runtime.store import (
@@ -155,13 +154,20 @@ async def list_instances(request: Request) -> JSONResponse:
 
 async def get_instance(request: Request) -> JSONResponse:
     """
-    summary: Read one instance and its webhook URLs
+    summary: Read one instance, its webhook URLs and the webhook subscriptions it holds
     responses:
       200: {description: the instance}
       404: {description: no such instance}
     """
     engine = engine_of(request)
-    return await shown(request, InstanceRow, "name", "instance", partial(instance_view, engine))
+    async with engine.store.session() as db:
+        row = await row_or_404(db, InstanceRow, request.path_params["name"], "instance")
+        query = select(SubscriptionRow).where(SubscriptionRow.instance_id == row.id)
+        held = (await db.execute(query.order_by(SubscriptionRow.flow))).scalars().all()
+    view = instance_view(engine, row)
+    # Never the signing secret: the flow, PagerDuty's id and where it delivers.
+    view["subscriptions"] = [{"flow": h.flow, "id": h.subscription_id, "url": h.url} for h in held]
+    return JSONResponse(view)
 
 
 async def set_enabled(request: Request) -> JSONResponse:

@@ -216,6 +216,10 @@ def test_instances_enable_disable_and_teardown_with_confirmation(
     make_connection(as_admin(console))
     console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
     page = console.get("/console/instances/acme-oncall").text
+    (held,) = subs.subscriptions
+    assert held in page  # the subscription's PagerDuty id
+    for secret in subs.secrets.values():
+        assert secret not in page
     assert (
         "incident.triggered" in page
         and "https://pdc.example.com/webhooks/acme-oncall/on-incident" in page
@@ -238,7 +242,16 @@ def test_instances_enable_disable_and_teardown_with_confirmation(
 
 def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRouter) -> None:
     csrf = signed_in(console)
-    make_connection(as_admin(console))
+    form = console.get("/console/connections").text
+    assert 'name="in.apiKey" type="password"' in form and 'name="in.region"' in form
+    bad = {"csrf": csrf, "type": "pagerduty-api-key", "name": "ops", "in.region": "mars"}
+    refused = console.post("/console/connections/new", data={**bad, "in.apiKey": API_KEY})
+    assert 'id="connection-error"' in refused.text and "region" in refused.text
+    assert_no_secret(refused.text)
+    good = {**bad, "in.region": "us", "in.apiKey": API_KEY, "in.from": "oncall@example.com"}
+    created = console.post("/console/connections/new", data=good)
+    assert created.status_code == 303
+    assert "ops: created" in console.get(created.headers["location"]).text
     pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
     form = console.get("/console/component/getIncident").text
     assert 'name="in.id"' in form and "<option>ops</option>" in form

@@ -1,8 +1,8 @@
 """The console in a real browser (Playwright with Debian's Chromium) against a real
-``pdc serve`` and the stand-in PagerDuty: sign in with the keyboard, deploy from the
-editor (an error shown at its line, then fixed), watch a delivered execution appear and
-finish without reloading, open it, retry a failed one, try an action; no page holds a
-secret, no console error, and the pages fit a phone's width."""
+``pdc serve`` and the stand-in PagerDuty: sign in with the keyboard, create the
+connection, deploy from the editor (an error shown at its line, then fixed), watch a
+delivered execution appear and finish without reloading, open it, retry a failed one,
+try an action; no page holds a secret, no console error, and the pages fit a phone."""
 
 from __future__ import annotations
 
@@ -70,16 +70,6 @@ def served(tmp_path: Path) -> Iterator[tuple[str, LocalPagerDuty]]:
             )
         try:
             wait_until(lambda: httpx2.get(f"{base}/health").is_success, 60, "the runtime")
-            created = httpx2.post(
-                f"{base}/api/connections",
-                headers={"Authorization": f"Bearer {ADMIN}"},
-                json={
-                    "name": "ops",
-                    "type": "pagerduty-api-key",
-                    "config": {"apiKey": API_KEY, "from": "oncall@example.com"},
-                },
-            )
-            assert created.status_code == 201, created.text
             yield base, pagerduty
         finally:
             server.terminate()
@@ -140,6 +130,15 @@ def test_the_console_from_sign_in_to_a_retried_execution(
         page.keyboard.type(ADMIN)
         page.keyboard.press("Enter")
         expect(page).to_have_url(re.compile(r"/console/executions$"))
+        visit(page)
+
+        # Create the API-key connection from the console, not with curl.
+        page.get_by_role("link", name="Connections").click()
+        page.locator("summary", has_text="API Key").click()
+        page.fill("#pagerduty-api-key-apiKey", API_KEY)
+        page.fill("#pagerduty-api-key-from", "oncall@example.com")
+        page.click("#create-pagerduty-api-key")
+        expect(page.get_by_role("status")).to_have_text("ops: created")
         visit(page)
 
         # Deploy from the editor: a misspelt action is shown at its line, then fixed.
