@@ -38,6 +38,8 @@ HTTP_CLIENTS = {
 ALLOWED_CLIENTS = {
     "component/client.py": {"httpx2.AsyncClient"},
     "runtime/tokens.py": {"authlib.integrations.httpx_client.AsyncOAuth2Client"},
+    # The console calls the runtime's own API in process; see the test below.
+    "runtime/console/api.py": {"httpx2.AsyncClient"},
 }
 
 
@@ -108,6 +110,24 @@ def test_only_the_client_and_the_oauth_token_exchange_open_http_connections() ->
         path: clients for path, tree in sources() if (clients := called_names(tree) & HTTP_CLIENTS)
     }
     assert found == ALLOWED_CLIENTS
+
+
+def test_the_consoles_client_reaches_only_the_runtime_itself() -> None:
+    """Its one client has an ASGI transport onto this app: no socket, no PagerDuty."""
+    tree = ast.parse((REPO / "runtime/console/api.py").read_text())
+    clients = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "httpx2.AsyncClient"
+    ]
+    assert len(clients) == 1
+    (transport,) = [k.value for k in clients[0].keywords if k.arg == "transport"]
+    assigned = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == ast.unparse(transport)
+    ]
+    assert [ast.unparse(v) for v in assigned] == ["httpx2.ASGITransport(app=request.app)"]
 
 
 def test_the_scan_sees_a_client_built_under_another_name() -> None:
