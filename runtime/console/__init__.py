@@ -25,6 +25,7 @@ CONSOLE = Mount(
         Route("/instances/{name}", views.instance, methods=["GET"]),
         Route("/instances/{name}/edit", views.editor, methods=["GET", "POST"]),
         Route("/instances/{name}/{action}", views.instance_action, methods=["POST"]),
+        Route("/instances/{name}/flows/{flow}/test", views.test_run, methods=["POST"]),
         Route("/connections", views.connections, methods=["GET"]),
         Route("/connections/new", views.create_connection, methods=["POST"]),
         Route("/connections/{name}/key", views.rotate_key, methods=["POST"]),

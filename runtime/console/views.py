@@ -169,7 +169,41 @@ async def instance(request: Request) -> Response:
         f["name"]: chart(await call(request, "GET", f"/instances/{name}/flows/{f['name']}/stats"))
         for f in row["flows"]
     }
-    return page(request, "instance.html", i=row, charts=charts)
+    samples = {f["name"]: sample_event(f) for f in row["flows"]}
+    return page(request, "instance.html", i=row, charts=charts, samples=samples)
+
+
+def sample_event(flow: dict[str, Any]) -> str:
+    """A V3 webhook event of the flow's first selected type, to edit and run."""
+    events = flow["trigger"]["inputs"].get("events") or ["incident.triggered"]
+    resource = events[0].split(".")[0]
+    event = {
+        "event": {
+            "id": "01SAMPLEEVENT00000000000000",
+            "event_type": events[0],
+            "resource_type": resource,
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "agent": None,
+            "client": None,
+            "data": {"id": "Q1P5", "type": resource, "title": "Sample: server is on fire"},
+        }
+    }
+    return json.dumps(event, indent=2)
+
+
+async def test_run(request: Request) -> Response:
+    """Run a flow now with an edited sample event (the API's test run), then show it."""
+    form = await form_of(request)
+    if isinstance(form, Response):
+        return form
+    name, flow = request.path_params["name"], request.path_params["flow"]
+    try:
+        started = await call(
+            request, "POST", f"/instances/{name}/flows/{flow}/test", content=form.get("event", "")
+        )
+    except ApiError as exc:
+        return page(request, "error.html", exc.status, message=exc.message)
+    return RedirectResponse(f"/console/executions/{started['execution']}", status_code=303)
 
 
 CHART_STATUSES = ("succeeded", "failed", "running", "received", "skipped")

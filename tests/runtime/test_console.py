@@ -269,3 +269,30 @@ def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRoute
     assert rotated.status_code == 303
     page = console.get(rotated.headers["location"]).text
     assert "ops: key rotated" in page and "u+NEW-key-9" not in page
+
+
+def test_a_flow_runs_with_a_sample_event_from_its_instance_page(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    answer_incident(pd)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    page = console.get("/console/instances/acme-oncall").text
+    sample = re.search(r'name="event"[^>]*>([^<]+)</textarea>', page)
+    assert sample and "incident.triggered" in sample.group(1)
+    event = sample.group(1).replace("&#34;", '"').replace("&quot;", '"')
+    ran = console.post(
+        "/console/instances/acme-oncall/flows/on-incident/test",
+        data={"csrf": csrf, "event": event},
+    )
+    assert ran.status_code == 303 and ran.headers["location"].startswith("/console/executions/")
+    drain(console)
+    shown = console.get(ran.headers["location"]).text
+    assert 'id="execution-status">succeeded' in shown and "Investigating:" in shown
+    bad = console.post(
+        "/console/instances/acme-oncall/flows/on-incident/test",
+        data={"csrf": csrf, "event": "{}"},
+    )
+    assert bad.status_code == 400 and "V3 webhook event" in bad.text
