@@ -24,6 +24,7 @@ from pagerduty_connector.runtime.console.session import (
     sign_out,
     token_matches,
 )
+from pagerduty_connector.runtime.tokens import granted_covers
 
 templates = Jinja2Templates(
     env=Environment(
@@ -304,8 +305,33 @@ async def connections(request: Request) -> Response:
 
 async def _connections_page(request: Request, status: int = 200, **context: Any) -> Response:
     rows = await call(request, "GET", "/connections")
-    types = (await call(request, "GET", "/component"))["connections"]
-    return page(request, "connections.html", status, rows=rows, types=types, **context)
+    spec = await call(request, "GET", "/component")
+    needs = scopes_needed(spec, await call(request, "GET", "/instances"))
+    for row in rows:
+        granted = str((row.get("oauth") or {}).get("scope") or "").split()
+        row["scopes"] = [
+            {"scope": scope, "where": where, "granted": granted_covers(granted, scope)}
+            for scope, where in sorted(needs.get(row["id"], {}).items())
+        ]
+    return page(
+        request, "connections.html", status, rows=rows, types=spec["connections"], **context
+    )
+
+
+def scopes_needed(spec: dict[str, Any], instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per connection id, each OAuth scope its instances' flows need and where."""
+    scope_of = {item["key"]: item.get("scope") for item in [*spec["actions"], *spec["triggers"]]}
+    needs: dict[str, dict[str, list[str]]] = {}
+    for instance in instances:
+        wanted = needs.setdefault(instance["connection"] or "", {})
+        for flow in instance["flows"]:
+            uses = [("trigger", flow["trigger"]["type"])]
+            uses += [(f"step '{s['name']}'", s["action"]) for s in flow["steps"]]
+            for where, key in uses:
+                if scope_of.get(key):
+                    place = f"{instance['name']}: flow '{flow['name']}' {where}"
+                    wanted.setdefault(scope_of[key], []).append(place)
+    return needs
 
 
 async def create_connection(request: Request) -> Response:

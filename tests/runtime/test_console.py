@@ -218,6 +218,9 @@ def test_instances_enable_disable_and_teardown_with_confirmation(
     page = console.get("/console/instances/acme-oncall").text
     (held,) = subs.subscriptions
     assert held in page  # the subscription's PagerDuty id
+    scopes = console.get("/console/connections").text
+    assert "<code>incidents.write</code>" in scopes
+    assert "acme-oncall: flow &#39;on-incident&#39; step &#39;note&#39;" in scopes
     for secret in subs.secrets.values():
         assert secret not in page
     assert (
@@ -296,3 +299,27 @@ def test_a_flow_runs_with_a_sample_event_from_its_instance_page(
         data={"csrf": csrf, "event": "{}"},
     )
     assert bad.status_code == 400 and "V3 webhook event" in bad.text
+
+
+def test_scopes_needed_names_each_place_a_scope_is_used() -> None:
+    from pagerduty_connector.runtime.console.views import scopes_needed
+
+    spec = {
+        "actions": [
+            {"key": "getIncident", "scope": "incidents.read"},
+            {"key": "createIncidentNote", "scope": "incidents.write"},
+        ],
+        "triggers": [{"key": "incidentsTrigger", "scope": "webhook_subscriptions.write"}],
+    }
+    flow = {
+        "name": "f",
+        "trigger": {"type": "incidentsTrigger"},
+        "steps": [{"name": "a", "action": "getIncident"}, {"name": "b", "action": "nope"}],
+    }
+    needs = scopes_needed(spec, [{"name": "i", "connection": "C1", "flows": [flow]}])
+    assert needs == {
+        "C1": {
+            "webhook_subscriptions.write": ["i: flow 'f' trigger"],
+            "incidents.read": ["i: flow 'f' step 'a'"],
+        }
+    }
