@@ -258,6 +258,7 @@ def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRoute
     pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
     form = console.get("/console/component/getIncident").text
     assert 'name="in.id"' in form and "<option>ops</option>" in form
+    assert "Example: <code>PT4KHLK</code>" in form  # the reference's example for the input
     tried = console.post(
         "/console/component/getIncident", data={"csrf": csrf, "connection": "ops", "in.id": "Q1P5"}
     )
