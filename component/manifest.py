@@ -82,6 +82,10 @@ class Input(_Strict):
         default="reject", description="What to do with a value outside `model`."
     )
     shown: bool = True
+    dataSource: str | None = Field(
+        default=None,
+        description="Key of a picklist data source whose results are this input's choices.",
+    )
 
     @property
     def secret(self) -> bool:
@@ -256,6 +260,18 @@ class Manifest(_Strict):
                         f"key '{item.key}' is declared twice ({seen[item.key]}, {kind})"
                     )
                 seen[item.key] = kind
+        return self
+
+    @model_validator(mode="after")
+    def _known_data_sources(self) -> Manifest:
+        picklists = {d.key for d in self.dataSources if d.picklist is not None}
+        for item in [*self.connections, *self.triggers, *self.dataSources, *self.actions]:
+            for spec in item.inputs:
+                if spec.dataSource and spec.dataSource not in picklists:
+                    raise ValueError(
+                        f"{item.key}: input '{spec.key}' names data source "
+                        f"'{spec.dataSource}', which is not a declared picklist"
+                    )
         return self
 
     def runnable(self, key: str) -> Action | DataSource:

@@ -36,6 +36,8 @@ def input_schema(spec: Input) -> dict[str, Any]:
         schema["description"] = spec.comments
     if spec.default is not None:
         schema["default"] = spec.default
+    if spec.dataSource:
+        schema["x-dataSource"] = spec.dataSource
     if spec.example is not None and not spec.secret:
         schema["examples"] = [spec.example]
     if spec.secret:

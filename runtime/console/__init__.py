@@ -31,6 +31,7 @@ CONSOLE = Mount(
         Route("/connections/{name}/key", views.rotate_key, methods=["POST"]),
         Route("/component", views.component, methods=["GET"]),
         Route("/component/{key}", views.action, methods=["GET", "POST"]),
+        Route("/choices/{key}", views.choices, methods=["GET"]),
         Mount(
             "/static",
             app=StaticFiles(packages=[("pagerduty_connector.runtime.console", "static")]),

@@ -406,6 +406,21 @@ async def action(request: Request) -> Response:
     )
 
 
+async def choices(request: Request) -> Response:
+    """A picklist data source's results as ``<option>``s for an input's suggestions
+    (empty when it cannot run, e.g. no connection yet; the input still takes text)."""
+    body = {
+        "action": request.path_params["key"],
+        "connection": request.query_params.get("connection"),
+    }
+    try:
+        found = (await call(request, "POST", "/test-runs", json=body))["result"]
+    except ApiError:
+        found = {}
+    listed = found.get("result") if isinstance(found, dict) else None
+    return page(request, "choices.html", choices=listed if isinstance(listed, list) else [])
+
+
 def _typed(value: str) -> Any:
     """A form value as JSON when it is JSON (objects, lists, numbers), else the text."""
     text = value.strip()

@@ -136,8 +136,19 @@ def _mutated(change: Any) -> dict[str, Any]:
             lambda d: d["actions"].append(dict(action_of(d, "getIncident"))),
             "key 'getIncident' is declared twice (action, action)",
         ),
+        (
+            lambda d: d["inputDefinitions"]["incidentId"].update(dataSource="selectNothing"),
+            "input 'id' names data source 'selectNothing', which is not a declared picklist",
+        ),
     ],
-    ids=["unknown-ref", "unbound-placeholder", "undeclared-query", "bad-method", "duplicate-key"],
+    ids=[
+        "unknown-ref",
+        "unbound-placeholder",
+        "undeclared-query",
+        "bad-method",
+        "duplicate-key",
+        "unknown-data-source",
+    ],
 )
 def test_invalid_manifests_fail_naming_the_key(change: Any, message: str) -> None:
     with pytest.raises(ManifestError) as info:

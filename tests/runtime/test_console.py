@@ -259,6 +259,19 @@ def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRoute
     form = console.get("/console/component/getIncident").text
     assert 'name="in.id"' in form and "<option>ops</option>" in form
     assert "Example: <code>PT4KHLK</code>" in form  # the reference's example for the input
+    assert 'hx-get="/console/choices/selectIncident"' in form  # suggestions from a picklist
+    pd.get(f"{REST}/incidents").respond(
+        json={
+            "incidents": [{"id": "PT4KHLK", "title": "The server is on fire."}],
+            "limit": 100,
+            "offset": 0,
+            "more": False,
+        }
+    )
+    offered = console.get("/console/choices/selectIncident", params={"connection": "ops"})
+    assert '<option value="PT4KHLK">The server is on fire.</option>' in offered.text
+    nothing = console.get("/console/choices/selectIncident", params={"connection": "nope"})
+    assert "<option" not in nothing.text
     tried = console.post(
         "/console/component/getIncident", data={"csrf": csrf, "connection": "ops", "in.id": "Q1P5"}
     )
