@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,13 @@ from tests.support.runtime import (
 )
 
 PATH = "/webhooks/acme-oncall/on-incident"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the console reads and writes through the API, which the API tests
+    run on both databases."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}"
 
 
 @pytest.fixture
