@@ -10,20 +10,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
 from pagerduty_connector.runtime.console.views import EXAMPLE_INSTANCE
 from pagerduty_connector.triggers.signature import sign
-from tests.support.processes import wait_until
+from tests.support.processes import pdc_serve, serve_env, wait_until
 from tests.support.runtime import EVENT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -52,22 +49,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, LocalPagerDuty]]:
     with running() as pagerduty:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "PDC_DATA_DIR": str(tmp_path),
-            "PDC_ADMIN_TOKEN": ADMIN,
-            "PDC_SECRET_KEY": Fernet.generate_key().decode(),
-            "PDC_PUBLIC_URL": base,
-            "PDC_PORT": str(port),
-            "PAGERDUTY_API_URL": pagerduty.url,
-        }
-        with (tmp_path / "server.log").open("ab") as out:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"],
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
+        server = pdc_serve(serve_env(tmp_path, port, pagerduty.url, ADMIN), tmp_path / "server.log")
         try:
             wait_until(lambda: httpx2.get(f"{base}/health").is_success, 60, "the runtime")
             yield base, pagerduty

@@ -186,13 +186,16 @@ def test_a_delivery_and_its_run_are_committed_together_once(
     assert [(e["id"], e["status"]) for e in listed] == [(execution, "succeeded")]
 
 
+def order_by_incident(api: TestClient) -> None:
+    """Redeploy acme's flow with a concurrency key: one run per incident at a time."""
+    keyed = {**FLOW, "concurrencyKey": "{{ trigger.event.data.id }}"}
+    assert api.put("/api/instances/acme", json={"connection": "ops", "flows": [keyed]}).is_success
+
+
 def test_runs_with_one_concurrency_key_go_one_at_a_time(
     durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    keyed = {**FLOW, "concurrencyKey": "{{ trigger.event.data.id }}"}
-    assert durable_api.put(
-        "/api/instances/acme", json={"connection": "ops", "flows": [keyed]}
-    ).is_success
+    order_by_incident(durable_api)
     running: dict[str, int] = {"A": 0, "B": 0}
     peak: dict[str, int] = {"A": 0, "B": 0}
     b_started = asyncio.Event()
@@ -231,10 +234,7 @@ def test_runs_with_one_concurrency_key_go_one_at_a_time(
 def test_runs_with_one_concurrency_key_start_in_the_order_their_deliveries_arrived(
     durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    keyed = {**FLOW, "concurrencyKey": "{{ trigger.event.data.id }}"}
-    assert durable_api.put(
-        "/api/instances/acme", json={"connection": "ops", "flows": [keyed]}
-    ).is_success
+    order_by_incident(durable_api)
     pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
     pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
     # Delivered at once, so several are recorded, and queued, in one batch and within

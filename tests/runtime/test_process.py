@@ -4,21 +4,20 @@ sent to PagerDuty again."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
-from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
 from tests.support.processes import (
     assert_finished_steps_sent_once,
     finished,
+    pdc_serve,
+    serve_env,
     start_a_three_step_run,
     wait_until,
 )
@@ -40,25 +39,11 @@ def test_a_stopped_server_resumes_a_recorded_execution(
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "PDC_DATA_DIR": str(tmp_path),
-        "PDC_ADMIN_TOKEN": ADMIN,
-        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
-        "PDC_PUBLIC_URL": base,
-        "PDC_PORT": str(port),
-        "PAGERDUTY_API_URL": pagerduty.url,
-    }
+    env = serve_env(tmp_path, port, pagerduty.url, ADMIN)
     logs = tmp_path / "server.log"
 
     def start() -> subprocess.Popen[bytes]:
-        with logs.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"],
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
+        return pdc_serve(env, logs)
 
     api = httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
     server = start()

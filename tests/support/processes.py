@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx2
+from cryptography.fernet import Fernet
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty
 from pagerduty_connector.triggers.signature import sign
@@ -78,3 +83,28 @@ def assert_finished_steps_sent_once(pagerduty: LocalPagerDuty, record: dict[str,
     assert sent.count(("GET", "/incidents/Q1P5")) == 1
     assert sent.count(("POST", "/incidents/Q1P5/notes")) == 1
     assert sent.count(THIRD_STEP) == 2
+
+
+def serve_env(data_dir: Path, port: int, pagerduty_url: str, admin: str) -> dict[str, str]:
+    """The environment of one ``pdc serve`` on ``port``, its own public URL, its data
+    in ``data_dir`` (SQLite) and a fresh secret key."""
+    return {
+        **os.environ,
+        "PDC_DATA_DIR": str(data_dir),
+        "PDC_ADMIN_TOKEN": admin,
+        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
+        "PDC_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "PDC_PORT": str(port),
+        "PAGERDUTY_API_URL": pagerduty_url,
+    }
+
+
+def pdc_serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``pdc serve`` with ``env``, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
