@@ -110,6 +110,9 @@ def test_the_sdist_and_wheel_carry_the_data_and_one_import_root(built: tuple[Pat
         "runtime/store/migrations/script.py.mako",
         "runtime/store/migrations/versions/0003_oauth_states.py",
         "component/standin/server.py",
+        "runtime/console/templates/execution.html",
+        "runtime/console/static/htmx.min.js",
+        "runtime/console/static/console.css",
     ):
         assert f"{ROOT}/{data}" in files
     assert not any(f.startswith((f"{ROOT}/tests/", f"{ROOT}/bench/")) for f in files)
@@ -220,6 +223,11 @@ def test_the_installed_runtime_deploys_and_records_a_delivery(
         record = finished(api, execution, "the flow to finish")
         assert record["status"] == "succeeded", record
         assert [s["name"] for s in record["steps"]] == ["incident", "note"]
+        # The console's templates and static files come from the wheel too.
+        console = httpx2.Client(base_url=base, follow_redirects=True)
+        signed_in = console.post("/console/login", data={"token": token})
+        assert signed_in.status_code == 200 and execution in signed_in.text
+        assert console.get("/console/static/htmx.min.js").status_code == 200
     finally:
         server.terminate()
         server.wait(timeout=30)
