@@ -127,8 +127,13 @@ class IntakeCache:
         if loading is None:
             loading = asyncio.ensure_future(self._load_and_keep(instance_id, self._generation))
             self._loading[instance_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(instance_id, None))
+            loading.add_done_callback(lambda done: self._finished(instance_id, done))
         return await asyncio.shield(loading)
+
+    def _finished(self, instance_id: str, done: asyncio.Future[IntakeTarget | None]) -> None:
+        # Only this read's slot: after a drop, a newer read may already hold it.
+        if self._loading.get(instance_id) is done:
+            del self._loading[instance_id]
 
     async def _load_and_keep(self, instance_id: str, generation: int) -> IntakeTarget | None:
         target = await self._load(instance_id)

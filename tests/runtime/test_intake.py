@@ -74,8 +74,22 @@ async def test_deliveries_arriving_while_an_entry_is_read_share_one_read(store: 
     cache.forget("acme")
     cache._load = slow  # type: ignore[method-assign]
     pending = asyncio.ensure_future(cache.get("acme"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)  # the read is under way, held at the gate
     cache.forget("acme")
+    # A read started after the drop holds the slot; the old read ending leaves it there.
+    later_gate = asyncio.Event()
+
+    async def later(instance_id: str) -> object:
+        await later_gate.wait()
+        return await load(instance_id)
+
+    cache._load = later  # type: ignore[method-assign]
+    newer = asyncio.ensure_future(cache.get("acme"))
+    await asyncio.sleep(0.01)
+    holder = cache._loading["acme"]
     gate.set()
     await pending
     assert "acme" not in cache._entries
+    assert cache._loading.get("acme") is holder
+    later_gate.set()
+    assert (await newer) is not None and "acme" in cache._entries
