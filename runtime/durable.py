@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
 log = get_logger("durable")
 QUEUE = "pdc-flows"
-# Flows with a concurrencyKey: one run at a time per key (taken in DBOS's queue order,
-# enqueue time to the millisecond: runs recorded in one batch may swap).
+# Flows with a concurrencyKey: one run at a time per key, in arrival order (DBOS takes a
+# partition's runs by enqueue time, then by workflow id, and execution ids are
+# time-ordered: see ``new_id``).
 ORDERED_QUEUE = "pdc-ordered"
 # One version for every process: DBOS recovers only workflows of its own version, and
 # any replica must be able to finish another's executions.

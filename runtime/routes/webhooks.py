@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from pagerduty_connector.component.contracts import Trigger
 from pagerduty_connector.component.errors import SignatureError
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.component.registry import TRIGGERS
@@ -104,17 +105,20 @@ async def receive_webhook(request: Request) -> JSONResponse:
         raise HTTPException(413, "webhook body is over 2 MB")
     instance, flow_name = request.path_params["instance"], request.path_params["flow"]
     headers = {k: v for k, v in request.headers.items() if k not in _DROPPED_HEADERS}
-    try:
-        target, flow = await flow_of(engine, instance, flow_name)
+
+    async def verified(fresh: bool) -> tuple[IntakeTarget, dict[str, Any], Trigger]:
+        target, flow = await flow_of(engine, instance, flow_name, fresh=fresh)
         trigger = TRIGGERS[flow["trigger"]["type"]]
         trigger.verify(body, headers, target.secrets.get(flow_name, []))
+        return target, flow, trigger
+
+    try:
+        target, flow, trigger = await verified(fresh=False)
     except (HTTPException, SignatureError) as refused:
         if getattr(refused, "status_code", getattr(refused, "status", 0)) not in (403, 404):
             raise
         # Another process may have just deployed: read the instance again, then decide.
-        target, flow = await flow_of(engine, instance, flow_name, fresh=True)
-        trigger = TRIGGERS[flow["trigger"]["type"]]
-        trigger.verify(body, headers, target.secrets.get(flow_name, []))
+        target, flow, trigger = await verified(fresh=True)
     return await record(engine, target, flow, body, headers, trigger.output(body, headers))
 
 

@@ -161,7 +161,6 @@ class ExecutionWriter:
     def __init__(self, store: Store, secret_key: str) -> None:
         if store.is_sqlite and not store.sqlite_path:
             raise ValueError("the runtime's SQLite database must be a file, not in memory")
-        self.store = store
         Item = tuple[Insert | Update, asyncio.Future[bool]]
         self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
