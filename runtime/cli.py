@@ -16,18 +16,34 @@ from pagerduty_connector.component.errors import ComponentError
 @app.command()
 @click.option("--host", help="Interface (default PDC_HOST).")
 @click.option("--port", type=int, help="Port (default PDC_PORT).")
-def serve(host: str | None, port: int | None) -> None:
-    """Start the runtime (management API and webhook intake) under uvicorn."""
+@click.option(
+    "--role",
+    type=click.Choice(["all", "web", "worker"]),
+    help="all: serve and run flows; web: serve only; worker: run flows only (default PDC_ROLE).",
+)
+@click.option(
+    "--flow-workers",
+    type=int,
+    help="Child processes that run the flows while this one serves (default PDC_FLOW_WORKERS).",
+)
+def serve(host: str | None, port: int | None, role: str | None, flow_workers: int | None) -> None:
+    """Start the runtime (management API, webhook intake, console) under uvicorn, or
+    with ``--role worker`` a process that only runs flows."""
     import logging
 
     import uvicorn
 
     from pagerduty_connector.runtime.app import create_app
     from pagerduty_connector.runtime.settings import load_settings
+    from pagerduty_connector.runtime.worker import LOG_FORMAT, run
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    overrides = {"role": role, "flow_workers": flow_workers}
     try:
-        settings = load_settings()
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        if not settings.serves:
+            run(settings)
+            return
         application = create_app(settings)
     except ComponentError as exc:
         raise fail(str(exc)) from None

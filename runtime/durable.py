@@ -159,7 +159,8 @@ class Durable:
         self._checkpoints: Any = None
 
     async def start(self) -> None:
-        """Launch DBOS (recovering this executor's unfinished workflows) and the queue."""
+        """Launch DBOS (recovering this executor's unfinished workflows) and the queues;
+        a process that runs no flows only enqueues to them."""
         global _engine
         settings = self.engine.settings
         _engine = self.engine
@@ -170,12 +171,15 @@ class Durable:
                 "name": "pagerduty-connector",
                 "system_database_url": url,
                 "system_database_engine": self._checkpoints,
-                "executor_id": settings.executor_id,
+                "executor_id": settings.executor,
                 "application_version": APPLICATION_VERSION,
                 "serializer": SealedSerializer(settings.secret_key or ""),
                 "log_level": "WARNING",
             }
         )
+        if not settings.runs_flows:
+            # Queued runs are left to the worker processes; this one only enqueues.
+            DBOS.listen_queues([])
         # Launched from the running loop: DBOS then runs queued workflows on this loop.
         DBOS.launch()
         self.queue = await DBOS.register_queue_async(
@@ -239,7 +243,7 @@ class Durable:
 
     async def beat(self) -> None:
         """Say this process is alive."""
-        me = self.engine.settings.executor_id
+        me = self.engine.settings.executor
         async with self.engine.store.session() as db:
             row = await db.get(ExecutorRow, me)
             if row is None:
@@ -260,7 +264,7 @@ class Durable:
                     await db.execute(
                         select(ExecutorRow.executor_id).where(
                             ExecutorRow.heartbeat_at < cutoff,
-                            ExecutorRow.executor_id != settings.executor_id,
+                            ExecutorRow.executor_id != settings.executor,
                         )
                     )
                 )

@@ -9,6 +9,8 @@ yet queued is queued, so nothing received is lost and no finished step runs twic
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -197,7 +199,8 @@ class Engine:
     async def start(self) -> None:
         """Start durable execution and queue what a stopped process left unfinished."""
         await self.writer.start()
-        await self.intake.start()
+        if self.settings.serves:
+            await self.intake.start()
         await self.durable.start()
         count = await self.requeue_unfinished()
         if count:
@@ -210,3 +213,23 @@ class Engine:
         await self.writer.close()
         for client in [*(c for _, c in self._clients.values()), *self._retired]:
             await client.aclose()
+
+
+@asynccontextmanager
+async def started(
+    settings: RuntimeSettings,
+    manifest: Manifest,
+    *,
+    transport: httpx2.AsyncBaseTransport | None = None,
+    client_settings: ClientSettings | None = None,
+) -> AsyncIterator[Engine]:
+    """A migrated store and a started engine, shut down on exit (the app and workers)."""
+    store = Store(settings.resolved_database_url())
+    await store.migrate()
+    engine = Engine(settings, manifest, store, transport=transport, client_settings=client_settings)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.shutdown()
+        await store.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography.fernet import Fernet
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pagerduty_connector.component.errors import ConfigurationError
@@ -56,8 +56,42 @@ class RuntimeSettings(BaseSettings):
     step_attempts: int = Field(default=4, ge=1, le=20, description="Tries of a flow step.")
     step_backoff: float = Field(default=1.0, ge=0, description="First retry's delay (s).")
     step_backoff_max: float = Field(default=30.0, ge=0)
+    role: Literal["all", "web", "worker"] = Field(
+        default="all",
+        description="all: serve and run flows; web: serve only (flows run in workers); "
+        "worker: run flows only, no HTTP.",
+    )
+    flow_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Child processes that run the flows; with any, this process only serves.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _workers_serve(self) -> RuntimeSettings:
+        if self.flow_workers and self.role == "worker":
+            raise ValueError("PDC_FLOW_WORKERS starts workers from a serving process, not a worker")
+        return self
+
+    @property
+    def serves(self) -> bool:
+        """Whether this process answers HTTP (intake, API, console, consent)."""
+        return self.role != "worker"
+
+    @property
+    def runs_flows(self) -> bool:
+        """Whether this process runs flows itself (rather than leaving them to workers)."""
+        return self.role == "worker" or (self.role == "all" and not self.flow_workers)
+
+    @property
+    def executor(self) -> str:
+        """This process's DBOS executor id. A process that runs no flows owns no
+        workflows, so it is named apart (``<id>.web``): its start must never recover,
+        as its own, the runs of the worker that has the plain id."""
+        return self.executor_id if self.runs_flows else f"{self.executor_id}.web"
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to ``sqlite+aiosqlite`` in the data directory."""
@@ -89,7 +123,10 @@ def load_settings(**overrides: object) -> RuntimeSettings:
         settings = RuntimeSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
-            f"PDC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+            f"PDC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+            if e["loc"]
+            else e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise ConfigurationError(f"invalid runtime settings: {problems}") from None
     missing = [n for n in ("admin_token", "secret_key") if not getattr(settings, n)]

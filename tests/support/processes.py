@@ -108,3 +108,18 @@ def pdc_serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=out,
         )
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, dead but not reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
