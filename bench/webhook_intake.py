@@ -227,6 +227,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved wrk runs per server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
+        "--flow-workers",
+        type=int,
+        default=1,
+        help="PDC_FLOW_WORKERS: processes that run the flows (0: the serving process)",
+    )
+    parser.add_argument(
         "--database",
         choices=["sqlite", "postgresql"],
         default="sqlite",
@@ -254,6 +260,7 @@ def main() -> None:
             "PAGERDUTY_API_URL": pagerduty_url,
             "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
             "PDC_FLOW_CONCURRENCY": "32",
+            "PDC_FLOW_WORKERS": str(args.flow_workers),
         }
         if args.database == "postgresql":
             from tests.support.postgres import postgres_server
@@ -336,7 +343,8 @@ def main() -> None:
         ("worst ms, another deploy slow", ms(latency["deploying"], 1.0), "", None),
     ]
     print(
-        f"webhook intake ({args.database}), wrk: 1 thread, {args.connections} connections, "
+        f"webhook intake ({args.database}, {args.flow_workers} flow workers), "
+        f"wrk: 1 thread, {args.connections} connections, "
         f"{args.seconds} s x {args.rounds} runs each, interleaved"
     )
     print(f"{'':32}{'runtime':>14}{'bare':>14}{'ratio':>8}")
