@@ -29,15 +29,13 @@ from pagerduty_connector.component.errors import ComponentError
 def serve(host: str | None, port: int | None, role: str | None, flow_workers: int | None) -> None:
     """Start the runtime (management API, webhook intake, console) under uvicorn, or
     with ``--role worker`` a process that only runs flows."""
-    import logging
-
     import uvicorn
 
     from pagerduty_connector.runtime.app import create_app
     from pagerduty_connector.runtime.settings import load_settings
-    from pagerduty_connector.runtime.worker import LOG_FORMAT, run
+    from pagerduty_connector.runtime.worker import configure_logging, run
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     overrides = {"role": role, "flow_workers": flow_workers}
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})

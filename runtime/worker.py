@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from pagerduty_connector.component.errors import ComponentError
+from pagerduty_connector.component.errors import ComponentError, ConfigurationError
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.component.registry import check_implementations
@@ -33,13 +33,27 @@ from pagerduty_connector.runtime.engine import started
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 
 log = get_logger("worker")
-# Set by ``FlowWorkers`` in its children: the serving process they belong to.
+# Set by ``FlowWorkers`` in its children: the serving process they belong to, and the
+# pipe on which a worker says it is ready.
 PARENT_ENV = "PDC_WORKER_PARENT"
+READY_ENV = "PDC_WORKER_READY_FD"
+READY = b"R"
+# How long a serving process waits for its workers to be ready before it gives up.
+READY_LIMIT = 120.0
 # How long a stopping worker may take to stop its runs before it is killed (they resume
 # from their checkpoints either way).
 STOP_LIMIT = 30.0
 RESTART_DELAY = (1.0, 30.0)
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """The runtime's log output (``pdc serve`` and its workers): INFO from our loggers;
+    the HTTP client's line per request only at WARNING (one per PagerDuty call would
+    drown the rest; the client logs its own retries)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def work(
@@ -50,6 +64,10 @@ async def work(
     check_implementations(checked)
     async with started(settings, checked):
         log.info("flow worker %s ready", settings.executor)
+        ready = os.environ.pop(READY_ENV, None)
+        if ready:
+            os.write(int(ready), READY)
+            os.close(int(ready))
         await stop.wait()
 
 
@@ -68,6 +86,7 @@ class FlowWorkers:
         self._stopping = False
         self._keepers: list[asyncio.Task[None]] = []
         self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._ready: list[asyncio.Future[None]] = []
 
     def environment(self, index: int) -> dict[str, str]:
         """A worker's environment: this process's settings, the worker role, and an
@@ -84,9 +103,22 @@ class FlowWorkers:
         }
 
     async def start(self) -> None:
-        """Start the workers (they are ready a moment later; runs wait in the queue)."""
+        """Start the workers and wait until each is ready (so the serving process answers
+        only once its flows run, and no worker's start-up competes with intake);
+        ``ConfigurationError`` if one exits or hangs first."""
+        loop = asyncio.get_running_loop()
         for index in range(self.settings.flow_workers):
+            self._ready.append(loop.create_future())
             self._keepers.append(asyncio.create_task(self._keep(index)))
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._ready), timeout=READY_LIMIT)
+        except (TimeoutError, ConfigurationError) as exc:
+            await self.stop()
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(
+                f"PDC_FLOW_WORKERS: a flow worker was not ready after {READY_LIMIT:.0f} s"
+            ) from None
 
     def pids(self) -> list[int]:
         """The process ids of the workers running now."""
@@ -97,10 +129,31 @@ class FlowWorkers:
         delay = RESTART_DELAY[0]
         while not self._stopping:
             began = loop.time()
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__, env=self.environment(index)
-            )
+            read, write = os.pipe()
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    env={**self.environment(index), READY_ENV: str(write)},
+                    pass_fds=(write,),
+                )
+            finally:
+                os.close(write)
             self._processes[index] = process
+            said = await _said(read)
+            first = self._ready[index]
+            if not first.done():
+                if said == READY:
+                    first.set_result(None)
+                else:
+                    first.set_exception(
+                        ConfigurationError(
+                            f"PDC_FLOW_WORKERS: flow worker {index} exited with "
+                            f"{await process.wait()} before it was ready (its log is above)"
+                        )
+                    )
+                    return
             code = await process.wait()
             if self._stopping:
                 return
@@ -130,6 +183,19 @@ class FlowWorkers:
         for keeper in self._keepers:
             keeper.cancel()
         await asyncio.gather(*self._keepers, return_exceptions=True)
+
+
+async def _said(read: int) -> bytes:
+    """What a worker wrote on its readiness pipe: ``READY``, or nothing if it exited."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read, "rb", 0)
+    )
+    try:
+        return await reader.read(len(READY))
+    finally:
+        transport.close()
 
 
 def _die_with(parent: int) -> None:
@@ -172,7 +238,7 @@ def run(settings: RuntimeSettings) -> None:
 
 def main() -> None:
     """Entry point of a worker started by ``FlowWorkers``."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     try:
         settings = load_settings()
     except ComponentError as exc:
