@@ -19,6 +19,7 @@ runtime's Fernet key by ``SealedSerializer``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import random
 from datetime import timedelta
@@ -149,6 +150,14 @@ class StepFailed(ComponentError):
     """A flow step failed for good (after its retries); the message says why."""
 
 
+class _StoppedRuns(logging.Filter):
+    """Drops DBOS's warning for each run ``Durable.stop`` cancels: a stop is not a
+    fault, and ``stop`` says once how many runs it stopped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Asyncio task cancelled for workflow")
+
+
 class Durable:
     """Starts DBOS in this process and submits executions to its queue."""
 
@@ -207,6 +216,9 @@ class Durable:
         from dbos import _dbos
 
         instance = _dbos._dbos_global_instance
+        dbos_log = logging.getLogger("dbos")
+        if not any(isinstance(f, _StoppedRuns) for f in dbos_log.filters):
+            dbos_log.addFilter(_StoppedRuns())
         for stop in getattr(instance, "background_thread_stop_events", []):
             stop.set()
         interrupted: set[asyncio.Task[Any]] = set()
