@@ -9,6 +9,7 @@ yet queued is queued, so nothing received is lost and no finished step runs twic
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -228,6 +229,10 @@ async def started(
     await store.migrate()
     engine = Engine(settings, manifest, store, transport=transport, client_settings=client_settings)
     await engine.start()
+    # What start-up loaded (modules, the manifest, DBOS, SQLAlchemy) lives as long as the
+    # process: frozen, the garbage collector stops scanning it again and again, which
+    # cost intake a fifth of its requests per second.
+    gc.freeze()
     try:
         yield engine
     finally:

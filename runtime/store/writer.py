@@ -17,9 +17,6 @@ import pickle
 import sys
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON
-from sqlalchemy.dialects import sqlite
-
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.runtime.store.models import ExecutionRow
 from pagerduty_connector.runtime.store.writer_process import frame
@@ -41,46 +38,26 @@ Update = tuple[str, dict[str, Any]]
 class _Batches:
     """Batches for the writer process (``writer_process.py``).
 
-    Values are converted by SQLAlchemy's own bind processors here, on the event
-    loop (JSON to text, and on SQLite dates to text); the child only runs the
-    statements. On SQLite, being the only writer of executions, it never waits in
-    SQLite's busy handler.
+    Rows go as they are (pickled); the child converts them to what the driver takes
+    (``writer_process.Statements``), so the event loop spends nothing on JSON or dates.
+    On SQLite, being the only writer of executions, the child never waits in SQLite's
+    busy handler.
     """
 
-    def __init__(self, url: str, is_sqlite: bool, secret_key: str) -> None:
-        table = ExecutionRow.__table__
-        # JSON goes as text on both (SQLite's processor is json.dumps); on PostgreSQL
-        # psycopg takes every other value as it is.
-        dialect = sqlite.dialect()
-        self._hello = (url, table.name, [c.name for c in table.columns], secret_key)
-        self._processors = {
-            c.name: c.type.bind_processor(dialect)
-            if is_sqlite or isinstance(c.type, JSON)
-            else None
-            for c in table.columns
-        }
+    def __init__(self, url: str, secret_key: str) -> None:
+        self._columns = [c.name for c in ExecutionRow.__table__.columns]
+        self._hello = (url, secret_key)
         self._process: asyncio.subprocess.Process | None = None
         self._waiting: collections.deque[asyncio.Future[set[str]]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
 
-    def _convert(self, name: str, value: Any) -> Any:
-        convert = self._processors[name]
-        return convert(value) if convert else value
-
     def prepare(self, inserts: list[Insert], updates: list[Update]) -> Any:
-        """Converted values for the writer (runs on the event loop)."""
+        """A batch as the writer process takes it: rows as column values in table order."""
         rows = [
-            (
-                row["id"],
-                [self._convert(name, row.get(name)) for name in self._processors],
-                row.get(QUEUE_KEY),
-            )
+            (row["id"], [row.get(name) for name in self._columns], row.get(QUEUE_KEY))
             for row in inserts
         ]
-        changes = [
-            (tuple(values), [*(self._convert(k, v) for k, v in values.items()), row_id])
-            for row_id, values in updates
-        ]
+        changes = [(tuple(values), [*values.values(), row_id]) for row_id, values in updates]
         return rows, changes
 
     async def start(self) -> asyncio.subprocess.Process:
@@ -166,7 +143,7 @@ class ExecutionWriter:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[set[str]]] = set()
         self._slots = asyncio.Semaphore(IN_FLIGHT)
-        self._process = _Batches(store.url, store.is_sqlite, secret_key)
+        self._process = _Batches(store.url, secret_key)
 
     async def _submit(self, item: Insert | Update) -> bool:
         if self._task is None or self._task.done():
@@ -176,8 +153,10 @@ class ExecutionWriter:
         return await done
 
     async def start(self) -> None:
-        """Start the writer process now rather than at the first change."""
-        await self._process.start()
+        """Start the writer process now rather than at the first change, and wait until
+        it has committed an empty batch: its imports and connection then cost nothing to
+        the first deliveries."""
+        await (await self._process.send(self._process.prepare([], [])))
 
     async def record(self, values: Insert) -> bool:
         """Store one execution row; ``False`` if its webhook id was already recorded."""

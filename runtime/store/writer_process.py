@@ -17,6 +17,7 @@ frame names the database, so no URL (or password) shows in the process list.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from dbos import DBOSClient
+    from sqlalchemy import Table
     from sqlalchemy.engine import Connection
 
 # (id, column values, (queue, partition) or None)
@@ -34,16 +36,41 @@ Change = tuple[tuple[str, ...], list[Any]]
 
 class Statements:
     """The SQL of a batch, built from the executions table's columns, in the driver's
-    placeholder style (``?`` for sqlite3, ``%s`` for psycopg)."""
+    placeholder style (``?`` for sqlite3, ``%s`` for psycopg), and the conversion of
+    the parent's values to what the driver takes, by SQLAlchemy's own bind processors
+    (JSON to text on both; on SQLite, dates to text too)."""
 
-    def __init__(self, table: str, columns: list[str], placeholder: str) -> None:
-        self.table, self.mark = table, placeholder
-        self.insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-        self.one = "(" + ", ".join([placeholder] * len(columns)) + ")"
+    def __init__(self, table: Table, is_sqlite: bool) -> None:
+        from sqlalchemy import JSON
+        from sqlalchemy.dialects import sqlite
+
+        self.table, self.mark = table.name, "?" if is_sqlite else "%s"
+        columns = [c.name for c in table.columns]
+        dialect = sqlite.dialect()
+        self.convert = {
+            c.name: c.type.bind_processor(dialect)
+            if is_sqlite or isinstance(c.type, JSON)
+            else None
+            for c in table.columns
+        }
+        self._in_order = [self.convert[name] for name in columns]
+        self.insert = f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES "
+        self.one = "(" + ", ".join([self.mark] * len(columns)) + ")"
         # A redelivery (same instance and X-Webhook-Id, also within one batch, also one
         # another replica commits at the same moment) is skipped by the unique index,
         # and RETURNING says which rows were new: only those get a run.
         self.conflict = " ON CONFLICT (instance_id, webhook_id) DO NOTHING RETURNING id"
+
+    def row(self, values: list[Any]) -> list[Any]:
+        """One row's values, in column order, converted."""
+        return [f(v) if f else v for f, v in zip(self._in_order, values, strict=True)]
+
+    def changed(self, names: tuple[str, ...], values: list[Any]) -> list[Any]:
+        """An update's values (then the row's id), converted."""
+        return [
+            *(f(v) if (f := self.convert[n]) else v for n, v in zip(names, values, strict=False)),
+            values[-1],
+        ]
 
     def update(self, names: tuple[str, ...]) -> str:
         """An UPDATE of the named columns of one row."""
@@ -66,13 +93,13 @@ def apply_batch(
         inserted: set[str] = set()
         if rows:
             statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
-            params = tuple(value for _, values, _ in rows for value in values)
+            params = tuple(value for _, values, _ in rows for value in sql.row(values))
             inserted = {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
         for row_id, _, placement in rows:
             if placement and row_id in inserted:
                 queue.enqueue_in_transaction(connection, enqueue_options(row_id, placement))
         for names, values in changes:
-            connection.exec_driver_sql(sql.update(names), tuple(values))
+            connection.exec_driver_sql(sql.update(names), tuple(sql.changed(names, values)))
     return inserted
 
 
@@ -111,14 +138,15 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
 
     from pagerduty_connector.runtime.durable import enqueuer, system_database_url
     from pagerduty_connector.runtime.store import sqlite_pragmas
+    from pagerduty_connector.runtime.store.models import ExecutionRow
 
     hello = _read(incoming)
     if hello is None:
         return
-    url, table, columns, secret_key = hello
+    url, secret_key = hello
     sync_url = system_database_url(url)
     is_sqlite = sync_url.startswith("sqlite")
-    sql = Statements(table, columns, "?" if is_sqlite else "%s")
+    sql = Statements(ExecutionRow.__table__, is_sqlite)
     # Parameters are rows of deliveries: an error names the statement, not the data.
     engine = create_engine(sync_url, poolclass=StaticPool, hide_parameters=True)
     if is_sqlite:
@@ -129,6 +157,7 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
         event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=0"))
     queue = enqueuer("", secret_key, engine=engine)
     with engine.connect() as connection:
+        gc.freeze()  # what was loaded to get here is kept for good: never scan it again
         while (batch := _read(incoming)) is not None:
             try:
                 applied = _patiently(lambda: apply_batch(connection, sql, queue, *batch))
