@@ -9,6 +9,7 @@ keeps its type (an object stays an object); any other text renders to a string.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,18 @@ def _is_template(value: str) -> bool:
     return "{{" in value or "{%" in value
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled(value: str) -> Callable[[dict[str, Any]], Any]:
+    """A template string compiled once (every run of a flow renders the same ones):
+    a lone expression keeps its type, other text renders to a string."""
+    match = _SINGLE.match(value)
+    if match:
+        expression = _env.compile_expression(match.group("expr"), undefined_to_none=False)
+        return lambda scope: expression(**scope)
+    template = _env.from_string(value)
+    return lambda scope: template.render(**scope)
+
+
 def _compile(owner: str, key: str, value: Any) -> None:
     if isinstance(value, dict):
         for v in value.values():
@@ -98,11 +111,7 @@ def _compile(owner: str, key: str, value: Any) -> None:
             _compile(owner, key, v)
     elif isinstance(value, str) and _is_template(value):
         try:
-            match = _SINGLE.match(value)
-            if match:
-                _env.compile_expression(match.group("expr"))
-            else:
-                _env.from_string(value)
+            _compiled(value)
         except TemplateError as exc:
             raise InputError(owner, key, f"template error: {exc}") from None
 
@@ -169,10 +178,7 @@ def render(value: Any, scope: dict[str, Any]) -> Any:
         return [render(v, scope) for v in value]
     if not isinstance(value, str) or not _is_template(value):
         return value
-    match = _SINGLE.match(value)
-    if match:
-        return _env.compile_expression(match.group("expr"), undefined_to_none=False)(**scope)
-    return _env.from_string(value).render(**scope)
+    return _compiled(value)(scope)
 
 
 def _redacted_inputs(manifest: Manifest, action: str, inputs: dict[str, Any]) -> dict[str, Any]:
