@@ -44,6 +44,8 @@ READY_LIMIT = 120.0
 # from their checkpoints either way).
 STOP_LIMIT = 30.0
 RESTART_DELAY = (1.0, 30.0)
+# How much lower the scheduling priority of the serving process's own workers is.
+NICENESS = 10
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
@@ -233,6 +235,10 @@ def run(settings: RuntimeSettings) -> None:
     if parent:
         _die_with(int(parent))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # On the serving process's machine, answering deliveries comes first: runs wait
+        # in the queue, a delivery waits in PagerDuty's timeout. At equal niceness, busy
+        # workers starved intake (seconds per answer on two cores).
+        os.nice(NICENESS)
     asyncio.run(_run(settings, child=bool(parent)))
 
 
