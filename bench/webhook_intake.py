@@ -3,12 +3,14 @@
 Both servers are started the same way (uvicorn, one process, no access log) on
 127.0.0.1 in the same run. The runtime deploys an instance against a local
 PagerDuty stand-in, so its deliveries carry real ``X-PagerDuty-Signature``
-headers under the secret that deploy received. Two measurements:
+headers under the secret that deploy received. What it measures:
 
 * throughput: ``wrk`` (one thread, 32 connections, unique ``X-Webhook-Id`` per
   request) posting ``incident.triggered`` to the runtime's intake flow (verify +
-  record + 202; the flow selects another event, so no steps run) and to the bare
-  endpoint, interleaved; requests per second and their ratio (target >= 0.5);
+  record + 202; the flow selects another event, so no run is queued) and to the
+  bare endpoint, interleaved; requests per second and their ratio (target >= 0.5);
+  last, the same to the flow with a step (``queued``: the record and its run's
+  enqueue commit together), against the same bare figures;
 * latency: an open-loop generator at a fixed 200 requests per second, timing
   each answer from its scheduled send time, after 2 s of the same not counted (a
   process's first seconds are slower); p50 and p99 (target p99 < 100 ms),
@@ -83,7 +85,7 @@ end
 """
 
 
-PHASES = ("throughput", "latency", "deploy", "full")
+PHASES = ("throughput", "latency", "deploy", "full", "queued")
 
 
 def _flow(name: str, events: list[str]) -> dict[str, Any]:
@@ -273,7 +275,7 @@ def main() -> None:
     if args.serve:
         _serve(args.serve, args.port)
         return
-    if "throughput" in phases and shutil.which("wrk") is None:
+    if phases & {"throughput", "queued"} and shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the throughput half: apt-get install wrk")
 
     ports: Any = multiprocessing.Queue()
@@ -315,8 +317,8 @@ def main() -> None:
             secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
             body = json.dumps(EVENT).encode()
 
-            rates: dict[str, list[float]] = {"runtime": [], "bare": []}
-            for _ in range(args.rounds if "throughput" in phases else 0):
+            rates: dict[str, list[float]] = {"runtime": [], "bare": [], "queued": []}
+            for _ in range(args.rounds if phases & {"throughput", "queued"} else 0):
                 rates["bare"].append(
                     _wrk(
                         f"{bare_base}/webhooks/bench/intake",
@@ -326,15 +328,16 @@ def main() -> None:
                         args.connections,
                     )
                 )
-                rates["runtime"].append(
-                    _wrk(
-                        f"{runtime_base}/webhooks/bench/intake",
-                        body,
-                        sign(body, secrets["intake"]),
-                        args.seconds,
-                        args.connections,
+                if "throughput" in phases:
+                    rates["runtime"].append(
+                        _wrk(
+                            f"{runtime_base}/webhooks/bench/intake",
+                            body,
+                            sign(body, secrets["intake"]),
+                            args.seconds,
+                            args.connections,
+                        )
                     )
-                )
 
             runtime_url = f"{runtime_base}/webhooks/bench"
             latency: dict[str, list[float]] = {}
@@ -357,6 +360,17 @@ def main() -> None:
                     _fixed_rate(f"{runtime_url}/full", body, sign(body, secrets["full"]))
                 )
                 drained = _drained(api, len(latency["full"]), began)
+            # Last: the runs these deliveries queue are still going on when the bench ends.
+            for _ in range(args.rounds if "queued" in phases else 0):
+                rates["queued"].append(
+                    _wrk(
+                        f"{runtime_url}/full",
+                        body,
+                        sign(body, secrets["full"]),
+                        args.seconds,
+                        args.connections,
+                    )
+                )
         finally:
             for process in (runtime, bare):
                 process.terminate()
@@ -366,11 +380,12 @@ def main() -> None:
         return f"{_percentile(latency[name], q):.1f}" if name in latency else "-"
 
     rows: list[tuple[str, str, str, float | None]] = []
-    if rates["runtime"]:
-        ours, baseline = statistics.median(rates["runtime"]), statistics.median(rates["bare"])
-        rows.append(
-            ("requests/s (median), record+202", f"{ours:.0f}", f"{baseline:.0f}", ours / baseline)
-        )
+    baseline = statistics.median(rates["bare"]) if rates["bare"] else 0.0
+    for key, label in (("runtime", "record+202"), ("queued", "record+queue+202")):
+        if rates[key]:
+            ours = statistics.median(rates[key])
+            ratio = ours / baseline
+            rows.append((f"requests/s (median), {label}", f"{ours:.0f}", f"{baseline:.0f}", ratio))
     rows += [
         ("p50 ms at 200/s", ms("intake", 0.5), ms("bare", 0.5), None),
         ("p99 ms at 200/s", ms("intake", 0.99), ms("bare", 0.99), None),
@@ -387,8 +402,10 @@ def main() -> None:
     print(f"{'':32}{'runtime':>14}{'bare':>14}{'ratio':>8}")
     for label, left, right, ratio in rows:
         print(f"{label:32}{left:>14}{right:>14}{'' if ratio is None else f'{ratio:.2f}':>8}")
-    for n, (left, right) in enumerate(zip(rates["runtime"], rates["bare"], strict=True)):
-        print(f"{f'  run {n + 1}':32}{left:>14.0f}{right:>14.0f}{left / right:>8.2f}")
+    for key in ("runtime", "queued"):
+        for n, (left, right) in enumerate(zip(rates[key], rates["bare"], strict=False)):
+            label = f"  {'queued ' if key == 'queued' else ''}run {n + 1}"
+            print(f"{label:32}{left:>14.0f}{right:>14.0f}{left / right:>8.2f}")
     if "full" in latency:
         done, total, seconds = drained
         print(
