@@ -385,7 +385,7 @@ def main() -> None:
         if rates[key]:
             ours = statistics.median(rates[key])
             ratio = ours / baseline
-            rows.append((f"requests/s (median), {label}", f"{ours:.0f}", f"{baseline:.0f}", ratio))
+            rows.append((f"req/s (median), {label}", f"{ours:.0f}", f"{baseline:.0f}", ratio))
     rows += [
         ("p50 ms at 200/s", ms("intake", 0.5), ms("bare", 0.5), None),
         ("p99 ms at 200/s", ms("intake", 0.99), ms("bare", 0.99), None),
