@@ -290,3 +290,33 @@ def test_at_start_only_executions_without_a_queued_run_are_queued(
         assert api.get("/api/executions/lost-run").json()["status"] == "succeeded"
         assert api.get(f"/api/executions/{ran}").json()["status"] == "succeeded"
     assert notes.call_count == 2  # the lost run's note; the first run was not run again
+
+
+def test_a_batch_of_runs_is_queued_with_one_statement_per_table(durable_api: TestClient) -> None:
+    """The writer's ``enqueue_all``: DBOS's rows for five runs, two statements in all."""
+    from sqlalchemy import create_engine, event
+
+    from pagerduty_connector.runtime.durable import enqueue_options, enqueuer, partition
+    from pagerduty_connector.runtime.store import new_id
+    from pagerduty_connector.runtime.store.writer_process import enqueue_all
+
+    settings = durable_api.app.state.engine.settings  # type: ignore[attr-defined]
+    engine = create_engine(system_database_url(settings.resolved_database_url()))
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    ids = [new_id() for _ in range(5)]
+    # A queue no process polls, so the runs stay as queued for the look below.
+    runs = [enqueue_options(i, ("test-unpolled", partition("acme", "on-incident"))) for i in ids]
+    try:
+        with engine.connect() as connection, connection.begin():
+            statements.clear()
+            enqueue_all(connection, enqueuer("", settings.secret_key, engine=engine), runs)
+        assert len(statements) == 2, statements
+        table = "workflow_status" if engine.dialect.name == "sqlite" else "dbos.workflow_status"
+        with engine.connect() as connection:
+            queued = connection.execute(
+                text(f"SELECT workflow_uuid, status, queue_partition_key FROM {table}")
+            ).all()
+    finally:
+        engine.dispose()
+    assert sorted(queued) == sorted((i, "ENQUEUED", "acme/on-incident") for i in ids)
