@@ -140,6 +140,9 @@ class FlowWorkers:
                     env={**self.environment(index), READY_ENV: str(write)},
                     pass_fds=(write,),
                 )
+            except BaseException:
+                os.close(read)
+                raise
             finally:
                 os.close(write)
             self._processes[index] = process
