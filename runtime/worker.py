@@ -174,6 +174,10 @@ class FlowWorkers:
         """Stop every worker: SIGTERM (their runs stop at a checkpoint), SIGKILL after
         ``STOP_LIMIT`` seconds."""
         self._stopping = True
+        # The keepers first, so none starts a worker after the ones below were signalled.
+        for keeper in self._keepers:
+            keeper.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)
         running = [p for p in self._processes.values() if p.returncode is None]
         for process in running:
             process.terminate()
@@ -185,9 +189,6 @@ class FlowWorkers:
                     log.warning("flow worker %d did not stop; killing it", process.pid)
                     process.kill()
                     await process.wait()
-        for keeper in self._keepers:
-            keeper.cancel()
-        await asyncio.gather(*self._keepers, return_exceptions=True)
 
 
 async def _said(read: int) -> bytes:
