@@ -317,60 +317,38 @@ def main() -> None:
             secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
             body = json.dumps(EVENT).encode()
 
+            signed = {flow: sign(body, secret) for flow, secret in secrets.items()}
+            runtime_url = f"{runtime_base}/webhooks/bench"
+            bare_url = f"{bare_base}/webhooks/bench/intake"
+
+            def wrk(url: str, signature: str) -> float:
+                return _wrk(url, body, signature, args.seconds, args.connections)
+
             rates: dict[str, list[float]] = {"runtime": [], "bare": [], "queued": []}
             for _ in range(args.rounds if phases & {"throughput", "queued"} else 0):
-                rates["bare"].append(
-                    _wrk(
-                        f"{bare_base}/webhooks/bench/intake",
-                        body,
-                        "v1=00",
-                        args.seconds,
-                        args.connections,
-                    )
-                )
+                rates["bare"].append(wrk(bare_url, "v1=00"))
                 if "throughput" in phases:
-                    rates["runtime"].append(
-                        _wrk(
-                            f"{runtime_base}/webhooks/bench/intake",
-                            body,
-                            sign(body, secrets["intake"]),
-                            args.seconds,
-                            args.connections,
-                        )
-                    )
+                    rates["runtime"].append(wrk(f"{runtime_url}/intake", signed["intake"]))
 
-            runtime_url = f"{runtime_base}/webhooks/bench"
             latency: dict[str, list[float]] = {}
             if "latency" in phases:
                 latency["intake"] = asyncio.run(
-                    _fixed_rate(
-                        f"{runtime_url}/intake", body, sign(body, secrets["intake"]), warm_up=2
-                    )
+                    _fixed_rate(f"{runtime_url}/intake", body, signed["intake"], warm_up=2)
                 )
-                latency["bare"] = asyncio.run(
-                    _fixed_rate(f"{bare_base}/webhooks/bench/intake", body, "v1=00", warm_up=2)
-                )
+                latency["bare"] = asyncio.run(_fixed_rate(bare_url, body, "v1=00", warm_up=2))
             if "deploy" in phases:  # before the runs of "full", which would still be going on
                 latency["deploying"] = _during_slow_deploy(
-                    api, pagerduty_url, f"{runtime_url}/intake", body, sign(body, secrets["intake"])
+                    api, pagerduty_url, f"{runtime_url}/intake", body, signed["intake"]
                 )
             if "full" in phases:
                 began = time.perf_counter()
                 latency["full"] = asyncio.run(
-                    _fixed_rate(f"{runtime_url}/full", body, sign(body, secrets["full"]))
+                    _fixed_rate(f"{runtime_url}/full", body, signed["full"])
                 )
                 drained = _drained(api, len(latency["full"]), began)
             # Last: the runs these deliveries queue are still going on when the bench ends.
             for _ in range(args.rounds if "queued" in phases else 0):
-                rates["queued"].append(
-                    _wrk(
-                        f"{runtime_url}/full",
-                        body,
-                        sign(body, secrets["full"]),
-                        args.seconds,
-                        args.connections,
-                    )
-                )
+                rates["queued"].append(wrk(f"{runtime_url}/full", signed["full"]))
         finally:
             for process in (runtime, bare):
                 process.terminate()
