@@ -3,22 +3,30 @@
 Both servers are started the same way (uvicorn, one process, no access log) on
 127.0.0.1 in the same run. The runtime deploys an instance against a local
 PagerDuty stand-in, so its deliveries carry real ``X-PagerDuty-Signature``
-headers under the secret that deploy received. What it measures:
+headers under the secret that deploy received. The runtime serves as
+``PDC_ROLE=web`` (verify, record, enqueue, answer) and its flows run in separate
+``pdc serve --role worker`` processes, started only for the phase that runs
+flows: on a machine of a few cores, runs going on at the same time would measure
+how fast flows run (tens of milliseconds of CPU each, a hundred times a bare
+request), not intake. What it measures:
 
 * throughput: ``wrk`` (one thread, 32 connections, unique ``X-Webhook-Id`` per
-  request) posting ``incident.triggered`` to the runtime's intake flow (verify +
-  record + 202; the flow selects another event, so no run is queued) and to the
-  bare endpoint, interleaved; requests per second and their ratio (target >= 0.5);
-  last, the same to the flow with a step (``queued``: the record and its run's
-  enqueue commit together), against the same bare figures;
+  request), after 2 s of each not counted, interleaved: the bare endpoint; the
+  runtime's ``intake`` flow (verify + record + 202; the flow selects another
+  event, so no run is queued); and its ``full`` flow (``queued``: the record and
+  its run's enqueue commit together). Requests per second and their ratio to
+  bare (target >= 0.5);
 * latency: an open-loop generator at a fixed 200 requests per second, timing
-  each answer from its scheduled send time, after 2 s of the same not counted (a
-  process's first seconds are slower); p50 and p99 (target p99 < 100 ms),
-  for the same intake path, and, for information, for a flow that also runs its
-  step (``getIncident`` against the local stand-in) for every delivery;
+  each answer from its scheduled send time, after 2 s of the same not counted;
+  p50 and p99 (target p99 < 100 ms) for the same two flows and bare;
 * during a slow deploy: while another instance's deploy waits 6 s on PagerDuty
   (the stand-in holds its ``POST /webhook_subscriptions``), deliveries to the
-  deployed instance at 50 per second; p99 and worst (target < 100 ms).
+  deployed instance at 50 per second; p99 and worst (target < 100 ms);
+* full: with ``--flow-workers`` workers running, deliveries at 200/s to the flow
+  whose step (``getIncident`` against the stand-in) runs for each: intake's p50
+  and p99 while runs go on, for information, and how fast the workers finish
+  them (runs/s). This phase goes first, and its runs are finished before the
+  others start.
 
 The stand-in PagerDuty runs in its own process so that it does not compete with
 the load generator for this process's interpreter.
@@ -45,6 +53,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 from cryptography.fernet import Fernet
@@ -55,6 +64,7 @@ from pagerduty_connector.component.standin.server import (
     free_port,
     serve,
 )
+from pagerduty_connector.runtime.worker import READY, READY_ENV
 from pagerduty_connector.triggers.signature import sign
 
 ADMIN = "bench-admin-token"
@@ -148,6 +158,34 @@ def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     raise SystemExit(f"the {kind} server did not start")
 
 
+def _start_workers(count: int, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` flow workers (``pdc serve --role worker``, as an operator would
+    run them beside ``PDC_ROLE=web``) and wait until each says it is ready."""
+    workers = []
+    for n in range(count):
+        read, write = os.pipe()
+        command = [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"]
+        process = subprocess.Popen(
+            [*command, "--role", "worker"],
+            env={**env, "PDC_EXECUTOR_ID": f"bench-worker-{n}", READY_ENV: str(write)},
+            pass_fds=(write,),
+        )
+        os.close(write)
+        workers.append(process)
+        with os.fdopen(read, "rb") as said:
+            if said.read(len(READY)) != READY:
+                _stop(workers)
+                raise SystemExit("a flow worker exited before it was ready (its log is above)")
+    return workers
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=60)
+
+
 def _wrk(url: str, body: bytes, signature: str, seconds: int, connections: int) -> float:
     script = LUA.format(
         body=json.dumps(body.decode()), signature=signature, prefix=uuid.uuid4().hex
@@ -169,35 +207,85 @@ def _wrk(url: str, body: bytes, signature: str, seconds: int, connections: int) 
     return float(match.group(1))
 
 
+class _Connections:
+    """Keep-alive HTTP/1.1 connections to one server, for the fixed-rate generator.
+
+    Written on asyncio streams rather than an HTTP client library: at 200 requests per
+    second httpx2 cost the generator most of a core, on the machine whose cores the
+    servers under test need (on 2 cores that alone put PostgreSQL intake's p50 at
+    60-100 ms). Here a request is one prepared write and two reads (~0.1 ms).
+    """
+
+    # Shorter than uvicorn's 5 s keep-alive, so no request races a server-side close.
+    IDLE_LIMIT = 2.0
+
+    def __init__(self, url: str) -> None:
+        parsed = urlsplit(url)
+        self.host, self.port, self.path = parsed.hostname or "", parsed.port or 80, parsed.path
+        self._idle: list[tuple[float, asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    def request(self, body: bytes, headers: dict[str, str]) -> bytes:
+        """A POST of ``body`` to the URL's path, as bytes on the wire."""
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            f"Content-Length: {len(body)}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        """Send one prepared request on an idle connection (or a new one): the status
+        code and body of the answer."""
+        while self._idle:
+            used, reader, writer = self._idle.pop()
+            if time.monotonic() - used < self.IDLE_LIMIT:
+                break
+            writer.close()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        content = await reader.readexactly(int(length.group(1)) if length else 0)
+        self._idle.append((time.monotonic(), reader, writer))
+        return int(head[9:12]), content
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for _, _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
 async def _fixed_rate(
     url: str, body: bytes, signature: str, rate: int = 200, seconds: int = 10, warm_up: int = 0
 ) -> list[float]:
     """Seconds from each request's scheduled time to its answer, at ``rate`` per second,
     after ``warm_up`` seconds at that rate that are not counted."""
     latencies: list[float] = []
-    # Shorter than uvicorn's 5 s keep-alive, so no request races a server-side close.
-    limits = httpx2.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=2)
-    async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
+    connections = _Connections(url)
+    headers = {"Content-Type": "application/json", "X-PagerDuty-Signature": signature}
+    prefix = uuid.uuid4().hex
 
-        async def one(n: int, due: float) -> None:
-            headers = {
-                "Content-Type": "application/json",
-                "X-PagerDuty-Signature": signature,
-                "X-Webhook-Id": f"rate-{uuid.uuid4().hex}-{n}",
-            }
-            answer = await client.post(url, content=body, headers=headers)
-            if n >= rate * warm_up:
-                latencies.append(time.perf_counter() - due)
-            if answer.status_code != 202:
-                raise SystemExit(f"{url} answered {answer.status_code}: {answer.text}")
+    async def one(n: int, due: float) -> None:
+        request = connections.request(body, {**headers, "X-Webhook-Id": f"rate-{prefix}-{n}"})
+        status, content = await connections.send(request)
+        if n >= rate * warm_up:
+            latencies.append(time.perf_counter() - due)
+        if status != 202:
+            raise SystemExit(f"{url} answered {status}: {content.decode(errors='replace')}")
 
-        start = time.perf_counter() + 0.1
-        tasks = []
+    start = time.perf_counter() + 0.1
+    tasks = []
+    try:
         for n in range(rate * (warm_up + seconds)):
             due = start + n / rate
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             tasks.append(asyncio.create_task(one(n, due)))
         await asyncio.gather(*tasks)
+    finally:
+        connections.close()
     return latencies
 
 
@@ -255,7 +343,7 @@ def main() -> None:
         "--flow-workers",
         type=int,
         default=1,
-        help="PDC_FLOW_WORKERS: processes that run the flows (0: the serving process)",
+        help="worker processes that run the flows in the full phase (at least 1)",
     )
     parser.add_argument(
         "--database",
@@ -272,6 +360,8 @@ def main() -> None:
     phases = set(args.phases.split(","))
     if phases - set(PHASES):
         parser.error(f"--phases: unknown {', '.join(sorted(phases - set(PHASES)))}")
+    if args.flow_workers < 1:
+        parser.error("--flow-workers: at least 1 (the runtime serves only; workers run flows)")
     if args.serve:
         _serve(args.serve, args.port)
         return
@@ -293,13 +383,13 @@ def main() -> None:
             "PAGERDUTY_API_URL": pagerduty_url,
             "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
             "PDC_FLOW_CONCURRENCY": "32",
-            "PDC_FLOW_WORKERS": str(args.flow_workers),
         }
         if args.database == "postgresql":
             from tests.support.postgres import postgres_server
 
             env["PDC_DATABASE_URL"] = stack.enter_context(postgres_server(fsync=True))
-        runtime, runtime_base = _start("runtime", {**env, "PDC_PUBLIC_URL": "http://127.0.0.1"})
+        web = {**env, "PDC_ROLE": "web", "PDC_PUBLIC_URL": "http://127.0.0.1"}
+        runtime, runtime_base = _start("runtime", web)
         bare, bare_base = _start("bare", env)
         try:
             api = httpx2.Client(
@@ -320,39 +410,44 @@ def main() -> None:
             signed = {flow: sign(body, secret) for flow, secret in secrets.items()}
             runtime_url = f"{runtime_base}/webhooks/bench"
             bare_url = f"{bare_base}/webhooks/bench/intake"
-
-            def wrk(url: str, signature: str) -> float:
-                return _wrk(url, body, signature, args.seconds, args.connections)
-
-            rates: dict[str, list[float]] = {"runtime": [], "bare": [], "queued": []}
-            for _ in range(args.rounds if phases & {"throughput", "queued"} else 0):
-                rates["bare"].append(wrk(bare_url, "v1=00"))
-                if "throughput" in phases:
-                    rates["runtime"].append(wrk(f"{runtime_url}/intake", signed["intake"]))
-
+            targets = {
+                "bare": (bare_url, "v1=00"),
+                "runtime": (f"{runtime_url}/intake", signed["intake"]),
+                "queued": (f"{runtime_url}/full", signed["full"]),
+            }
             latency: dict[str, list[float]] = {}
+            if "full" in phases:  # first, and finished: the others measure intake alone
+                workers = _start_workers(args.flow_workers, env)
+                try:
+                    began = time.perf_counter()
+                    url, signature = targets["queued"]
+                    latency["full"] = asyncio.run(_fixed_rate(url, body, signature))
+                    drained = _drained(api, len(latency["full"]), began)
+                finally:
+                    _stop(workers)
+
+            wanted = {"bare": {"throughput", "queued"}, "runtime": {"throughput"}}
+            measured = [
+                key for key in ("bare", "runtime", "queued") if phases & wanted.get(key, {key})
+            ]
+            rates: dict[str, list[float]] = {key: [] for key in ("runtime", "bare", "queued")}
+            for key in measured:  # unmeasured warm-up: caches, prepared statements
+                _wrk(targets[key][0], body, targets[key][1], 2, args.connections)
+            for _ in range(args.rounds):
+                for key in measured:
+                    url, signature = targets[key]
+                    rates[key].append(_wrk(url, body, signature, args.seconds, args.connections))
+
             if "latency" in phases:
-                latency["intake"] = asyncio.run(
-                    _fixed_rate(f"{runtime_url}/intake", body, signed["intake"], warm_up=2)
-                )
-                latency["bare"] = asyncio.run(_fixed_rate(bare_url, body, "v1=00", warm_up=2))
-            if "deploy" in phases:  # before the runs of "full", which would still be going on
+                for key in ("runtime", "queued", "bare"):
+                    url, signature = targets[key]
+                    latency[key] = asyncio.run(_fixed_rate(url, body, signature, warm_up=2))
+            if "deploy" in phases:
                 latency["deploying"] = _during_slow_deploy(
-                    api, pagerduty_url, f"{runtime_url}/intake", body, signed["intake"]
+                    api, pagerduty_url, targets["runtime"][0], body, signed["intake"]
                 )
-            if "full" in phases:
-                began = time.perf_counter()
-                latency["full"] = asyncio.run(
-                    _fixed_rate(f"{runtime_url}/full", body, signed["full"])
-                )
-                drained = _drained(api, len(latency["full"]), began)
-            # Last: the runs these deliveries queue are still going on when the bench ends.
-            for _ in range(args.rounds if "queued" in phases else 0):
-                rates["queued"].append(wrk(f"{runtime_url}/full", signed["full"]))
         finally:
-            for process in (runtime, bare):
-                process.terminate()
-                process.wait(timeout=30)
+            _stop([runtime, bare])
 
     def ms(name: str, q: float) -> str:
         return f"{_percentile(latency[name], q):.1f}" if name in latency else "-"
@@ -365,25 +460,27 @@ def main() -> None:
             ratio = ours / baseline
             rows.append((f"req/s (median), {label}", f"{ours:.0f}", f"{baseline:.0f}", ratio))
     rows += [
-        ("p50 ms at 200/s", ms("intake", 0.5), ms("bare", 0.5), None),
-        ("p99 ms at 200/s", ms("intake", 0.99), ms("bare", 0.99), None),
+        ("p50 ms at 200/s", ms("runtime", 0.5), ms("bare", 0.5), None),
+        ("p99 ms at 200/s", ms("runtime", 0.99), ms("bare", 0.99), None),
+        ("p50 ms at 200/s, run queued", ms("queued", 0.5), ms("bare", 0.5), None),
+        ("p99 ms at 200/s, run queued", ms("queued", 0.99), ms("bare", 0.99), None),
         ("p99 ms, another deploy slow", ms("deploying", 0.99), "", None),
         ("worst ms, another deploy slow", ms("deploying", 1.0), "", None),
-        ("p50 ms at 200/s, step running", ms("full", 0.5), "", None),
-        ("p99 ms at 200/s, step running", ms("full", 0.99), "", None),
+        ("p50 ms at 200/s, runs going on", ms("full", 0.5), "", None),
+        ("p99 ms at 200/s, runs going on", ms("full", 0.99), "", None),
     ]
     print(
-        f"webhook intake ({args.database}, {args.flow_workers} flow workers), "
-        f"wrk: 1 thread, {args.connections} connections, "
+        f"webhook intake ({args.database}; runtime PDC_ROLE=web, {args.flow_workers} flow "
+        f"workers in the full phase), wrk: 1 thread, {args.connections} connections, "
         f"{args.seconds} s x {args.rounds} runs each, interleaved"
     )
-    print(f"{'':32}{'runtime':>14}{'bare':>14}{'ratio':>8}")
+    print(f"{'':34}{'runtime':>12}{'bare':>12}{'ratio':>8}")
     for label, left, right, ratio in rows:
-        print(f"{label:32}{left:>14}{right:>14}{'' if ratio is None else f'{ratio:.2f}':>8}")
+        print(f"{label:34}{left:>12}{right:>12}{'' if ratio is None else f'{ratio:.2f}':>8}")
     for key in ("runtime", "queued"):
         for n, (left, right) in enumerate(zip(rates[key], rates["bare"], strict=False)):
             label = f"  {'queued ' if key == 'queued' else ''}run {n + 1}"
-            print(f"{label:32}{left:>14.0f}{right:>14.0f}{left / right:>8.2f}")
+            print(f"{label:34}{left:>12.0f}{right:>12.0f}{left / right:>8.2f}")
     if "full" in latency:
         done, total, seconds = drained
         print(

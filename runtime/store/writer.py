@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = get_logger("writer")
 MAX_BATCH = 256
 # Batches handed to the writer process and not yet committed, at most.
-IN_FLIGHT = 4
+IN_FLIGHT = 2
 # The key of an inserted row naming the (queue, partition) its run goes to (not a column).
 QUEUE_KEY = "queue"
 

@@ -18,7 +18,9 @@ frame names the database, so no URL (or password) shows in the process list.
 from __future__ import annotations
 
 import gc
+import itertools
 import pickle
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -60,6 +62,14 @@ class Statements:
         # another replica commits at the same moment) is skipped by the unique index,
         # and RETURNING says which rows were new: only those get a run.
         self.conflict = " ON CONFLICT (instance_id, webhook_id) DO NOTHING RETURNING id"
+        # PostgreSQL: every batch, whatever its size, as one statement of one shape (an
+        # array per column), which psycopg parses and PostgreSQL plans once; a multi-row
+        # VALUES changes shape with the batch, and psycopg parsed it anew every time.
+        arrays = ", ".join(f"%b::{_element_type(c.type)}[]" for c in table.columns)
+        self.insert_arrays = (
+            f"INSERT INTO {self.table} ({', '.join(columns)}) "
+            f"SELECT * FROM unnest({arrays}){self.conflict}"
+        )
 
     def row(self, values: list[Any]) -> list[Any]:
         """One row's values, in column order, converted."""
@@ -78,9 +88,31 @@ class Statements:
         return f"UPDATE {self.table} SET {assignments} WHERE id = {self.mark}"
 
 
+def _element_type(column_type: Any) -> str:
+    """A column's PostgreSQL type, without length, for an array of its values."""
+    from sqlalchemy.dialects import postgresql
+
+    return re.sub(r"\(.*?\)", "", column_type.compile(dialect=postgresql.dialect()))
+
+
 class _NothingReturned:
     def fetchone(self) -> None:
         return None
+
+
+class _Recorder:
+    """Stands in for the connection in DBOS's ``_execute_prepared`` on PostgreSQL: DBOS
+    renders each statement's SQL and parameters (once per statement, then cached), and
+    this keeps them, so a batch's rows go to each statement together."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.dialect = dialect
+        self.statements: dict[str, list[dict[str, Any]]] = {}
+
+    def exec_driver_sql(self, sql: str, params: dict[str, Any]) -> _NothingReturned:
+        """Keep one row's parameters for ``sql``."""
+        self.statements.setdefault(sql, []).append(params)
+        return _NothingReturned()
 
 
 def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
@@ -89,16 +121,23 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
 
     DBOS's own ``enqueue_in_transaction`` builds each run's rows (status, inputs, the
     sealed arguments) and hands each to its ``_execute_prepared``; here that hand-off
-    is caught for the batch and the rows go to DBOS's own statements as one
-    ``executemany`` each, status rows first (inputs refer to them). Per-run statements
-    cost the writer most of a queued delivery. What DBOS would check on the returned
-    row (a workflow id already used by another function) cannot happen: every run's id
-    is a new execution's, just inserted.
+    is caught for the batch and the rows go to DBOS's own statements together, status
+    rows first (inputs refer to them), as one ``executemany`` each. On PostgreSQL,
+    DBOS renders the SQL and parameters itself (its statements compiled once), so
+    each is a statement of one shape that psycopg pipelines and prepares once, not the
+    multi-row INSERT SQLAlchemy would otherwise compile and psycopg parse anew for
+    every batch. Per-run statements cost the writer most of a queued delivery.
+    What DBOS would check on the returned row (a workflow id already used by another
+    function) cannot happen: every run's id is a new execution's, just inserted.
     """
     system = queue._sys_db
+    prepared = system._execute_prepared
+    recorder = _Recorder(system.engine.dialect)
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
 
-    def catch(_conn: Any, name: str, values: dict[str, Any], build: Any, **_: Any) -> Any:
+    def catch(_conn: Any, name: str, values: dict[str, Any], build: Any, **options: Any) -> Any:
+        if connection.dialect.name == "postgresql":
+            return prepared(recorder, name, values, build, **options)
         caught.setdefault(name, (build, []))[1].append(values)
         return _NothingReturned()
 
@@ -110,6 +149,19 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
         del system._execute_prepared
     for build, values in caught.values():
         connection.execute(build(), values)
+    for sql, params in recorder.statements.items():
+        connection.exec_driver_sql(sql, params)
+
+
+def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
+    """Insert the rows whose (instance, webhook id) is new; the ids inserted."""
+    values = [sql.row(row_values) for _, row_values, _ in rows]
+    if connection.dialect.name == "postgresql":
+        statement, params = sql.insert_arrays, tuple(map(list, zip(*values, strict=True)))
+    else:
+        statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
+        params = tuple(value for row in values for value in row)
+    return {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
 
 
 def apply_batch(
@@ -124,11 +176,7 @@ def apply_batch(
     from pagerduty_connector.runtime.durable import enqueue_options
 
     with connection.begin():
-        inserted: set[str] = set()
-        if rows:
-            statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
-            params = tuple(value for _, values, _ in rows for value in sql.row(values))
-            inserted = {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
+        inserted = insert_new(connection, sql, rows) if rows else set()
         queued = [
             enqueue_options(row_id, placement)
             for row_id, _, placement in rows
@@ -136,8 +184,11 @@ def apply_batch(
         ]
         if queued:
             enqueue_all(connection, queue, queued)
-        for names, values in changes:
-            connection.exec_driver_sql(sql.update(names), tuple(sql.changed(names, values)))
+        # Consecutive updates of the same columns go as one executemany; their order,
+        # which matters for two updates of one row, is kept.
+        for names, group in itertools.groupby(changes, key=lambda change: change[0]):
+            params = [tuple(sql.changed(names, values)) for _, values in group]
+            connection.exec_driver_sql(sql.update(names), params)
     return inserted
 
 
