@@ -33,7 +33,6 @@ from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
-from pagerduty_connector.runtime.flows import Flow, Step, run_flow
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     ExecutionRow,
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from dbos import Queue
 
     from pagerduty_connector.runtime.engine import Engine
+    from pagerduty_connector.runtime.flows import Step
 
 log = get_logger("durable")
 QUEUE = "pdc-flows"
@@ -184,6 +184,9 @@ class Durable:
                 "application_version": APPLICATION_VERSION,
                 "serializer": SealedSerializer(settings.secret_key or ""),
                 "log_level": "WARNING",
+                # On SQLite DBOS polls for notifications; its stop waits for one poll,
+                # which by default is a second.
+                "notification_listener_polling_interval_sec": settings.queue_polling_interval,
             }
         )
         if not settings.runs_flows:
@@ -438,6 +441,10 @@ async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> d
 @DBOS.workflow(name=WORKFLOW)
 async def run_execution() -> str:
     """Run the flow of the execution whose id is this workflow's id; record every step."""
+    # Imported here: the writer process imports this module to queue runs, never runs
+    # one, and the templating behind flows is a sixth of its start-up.
+    from pagerduty_connector.runtime.flows import Flow, run_flow
+
     engine = current()
     execution_id = DBOS.workflow_id
     assert execution_id is not None

@@ -9,6 +9,7 @@ yet queued is queued, so nothing received is lost and no finished step runs twic
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -199,10 +200,15 @@ class Engine:
 
     async def start(self) -> None:
         """Start durable execution and queue what a stopped process left unfinished."""
-        await self.writer.start()
-        if self.settings.serves:
-            await self.intake.start()
-        await self.durable.start()
+        # The writer process spends its first second importing: it does that while DBOS
+        # launches here, and must be ready before anything is recorded or requeued.
+        writer = asyncio.ensure_future(self.writer.start())
+        try:
+            if self.settings.serves:
+                await self.intake.start()
+            await self.durable.start()
+        finally:
+            await writer
         count = await self.requeue_unfinished()
         if count:
             log.info("%d unfinished executions are queued", count)

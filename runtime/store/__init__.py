@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy import select as _select
 from sqlalchemy.engine import Connection as SyncConnection
@@ -29,6 +27,9 @@ from pagerduty_connector.runtime.store.models import (
     new_id,
     now,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
     "Base",
@@ -48,6 +49,10 @@ __all__ = [
 
 def alembic_config() -> Config:
     """Alembic's configuration for our migrations (package data, so a wheel has them)."""
+    # Imported here: the writer process imports this package and never migrates, and
+    # Alembic is a third of its start-up.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option(
         "script_location", str(files("pagerduty_connector.runtime.store") / "migrations")
@@ -56,6 +61,8 @@ def alembic_config() -> Config:
 
 
 def _upgrade(connection: SyncConnection) -> None:
+    from alembic import command
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
