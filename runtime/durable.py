@@ -74,6 +74,9 @@ def system_database_url(database_url: str) -> str:
     return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+_NO_ARGUMENTS: dict[str, Any] = {"args": (), "kwargs": {}}
+
+
 class SealedSerializer(Serializer):
     """What DBOS stores (workflow inputs, step outputs, errors), pickled then sealed with
     Fernet: step outputs can hold PagerDuty data and secrets, and only data sealed with
@@ -81,9 +84,20 @@ class SealedSerializer(Serializer):
 
     def __init__(self, key: str) -> None:
         self._fernet = Fernet(key.encode())
+        self._no_arguments: str | None = None
 
     def serialize(self, data: Any) -> str:
         """Seal ``data``."""
+        # Every run's inputs are the same, none (the execution is the workflow's id), and
+        # sealing them again per queued delivery was a fifth of what enqueueing it cost;
+        # the one sealed copy tells a reader nothing it does not know already.
+        if type(data) is dict and data == _NO_ARGUMENTS:
+            if self._no_arguments is None:
+                self._no_arguments = self._seal(data)
+            return self._no_arguments
+        return self._seal(data)
+
+    def _seal(self, data: Any) -> str:
         return self._fernet.encrypt(pickle.dumps(data)).decode("ascii")
 
     def deserialize(self, serialized_data: str) -> Any:

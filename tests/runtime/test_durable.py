@@ -113,6 +113,17 @@ def test_what_dbos_stores_is_sealed_with_the_runtime_key() -> None:
         SealedSerializer(Fernet.generate_key().decode()).deserialize(stored)
 
 
+def test_only_a_runs_empty_inputs_are_sealed_once() -> None:
+    sealed = SealedSerializer(Fernet.generate_key().decode())
+    empty = {"args": (), "kwargs": {}}
+    first, again = sealed.serialize(empty), sealed.serialize(dict(empty))
+    assert first == again and sealed.deserialize(first) == empty
+    # Anything else gets a fresh token (a fresh IV) each time: equal values stay unlinkable.
+    output = {"args": ("Q1P5",), "kwargs": {}}
+    assert sealed.serialize(output) != sealed.serialize(output)
+    assert sealed.deserialize(sealed.serialize(output)) == output
+
+
 def test_dbos_uses_the_runtime_database() -> None:
     assert system_database_url("sqlite+aiosqlite:////data/pdc.db") == "sqlite:////data/pdc.db"
     assert (
