@@ -132,6 +132,15 @@ async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> 
     assert results == [True, False, True, True]
     assert await writer.record(_row("wh-2")) is False  # a later batch sees the stored one
     await writer.update(first["id"], {"status": "succeeded", "steps": [{"name": "a"}]})
+    # Updates queued together go in one batch and in order (consecutive ones of the same
+    # columns as one statement): the last change of a row wins.
+    started = now()
+    await asyncio.gather(
+        writer.update(untagged["id"], {"status": "running", "started_at": started}),
+        writer.update(untagged["id"], {"status": "succeeded", "finished_at": started}),
+        writer.update(other["id"], {"status": "succeeded", "finished_at": started}),
+        writer.update(other["id"], {"status": "running", "started_at": started}),
+    )
     await writer.close()
     async with store.session() as db:
         rows = (await db.execute(select(ExecutionRow))).scalars().all()
@@ -141,6 +150,8 @@ async def test_execution_writer_batches_deduplicate_and_update(store: Store) -> 
     assert stored[first["id"]].steps == [{"name": "a"}]
     assert stored[first["id"]].trigger == {"event": {"event_type": "incident.triggered"}}
     assert stored[other["id"]].received_at is not None
+    assert (stored[other["id"]].status, stored[untagged["id"]].status) == ("running", "succeeded")
+    assert stored[other["id"]].finished_at is not None
 
 
 async def test_a_dead_writer_process_is_replaced(tmp_path: Path) -> None:
