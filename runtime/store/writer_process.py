@@ -46,7 +46,7 @@ class Statements:
         from sqlalchemy import JSON
         from sqlalchemy.dialects import sqlite
 
-        self.table, self.mark = table.name, "?" if is_sqlite else "%s"
+        self.table, self.is_sqlite, self.mark = table.name, is_sqlite, "?" if is_sqlite else "%s"
         columns = [c.name for c in table.columns]
         dialect = sqlite.dialect()
         self.convert = {
@@ -67,7 +67,9 @@ class Statements:
         # VALUES changes shape with the batch, and psycopg parsed it anew every time.
         arrays = ", ".join(f"%b::{_element_type(c.type)}[]" for c in table.columns)
         self.insert_arrays = (
-            f"INSERT INTO {self.table} ({', '.join(columns)}) "
+            ""
+            if is_sqlite
+            else f"INSERT INTO {self.table} ({', '.join(columns)}) "
             f"SELECT * FROM unnest({arrays}){self.conflict}"
         )
 
@@ -135,13 +137,15 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
     recorder = _Recorder(system.engine.dialect)
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
 
-    def catch(_conn: Any, name: str, values: dict[str, Any], build: Any, **options: Any) -> Any:
-        if connection.dialect.name == "postgresql":
-            return prepared(recorder, name, values, build, **options)
+    def catch(_conn: Any, name: str, values: dict[str, Any], build: Any, **_: Any) -> Any:
         caught.setdefault(name, (build, []))[1].append(values)
         return _NothingReturned()
 
-    system._execute_prepared = catch  # type: ignore[method-assign]
+    def render(_conn: Any, *args: Any, **options: Any) -> Any:
+        return prepared(recorder, *args, **options)
+
+    on_postgresql = system.engine.dialect.name == "postgresql"
+    system._execute_prepared = render if on_postgresql else catch  # type: ignore[method-assign]
     try:
         for options in runs:
             queue.enqueue_in_transaction(connection, options)
@@ -156,11 +160,11 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
     """Insert the rows whose (instance, webhook id) is new; the ids inserted."""
     values = [sql.row(row_values) for _, row_values, _ in rows]
-    if connection.dialect.name == "postgresql":
-        statement, params = sql.insert_arrays, tuple(map(list, zip(*values, strict=True)))
-    else:
+    if sql.is_sqlite:
         statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
         params = tuple(value for row in values for value in row)
+    else:
+        statement, params = sql.insert_arrays, tuple(map(list, zip(*values, strict=True)))
     return {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
 
 
