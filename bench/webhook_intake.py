@@ -213,7 +213,9 @@ class _Connections:
     Written on asyncio streams rather than an HTTP client library: at 200 requests per
     second httpx2 cost the generator most of a core, on the machine whose cores the
     servers under test need (on 2 cores that alone put PostgreSQL intake's p50 at
-    60-100 ms). Here a request is one prepared write and two reads (~0.1 ms).
+    60-100 ms). Here a request is one prepared write and two reads (~0.1 ms). Answers
+    are read by their ``Content-Length``, as uvicorn frames both servers' JSON answers;
+    a chunked answer is not understood.
     """
 
     # Shorter than uvicorn's 5 s keep-alive, so no request races a server-side close.
