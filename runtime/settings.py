@@ -45,7 +45,10 @@ class RuntimeSettings(BaseSettings):
         description="This process's name for DBOS: unique per replica, the same after a restart.",
     )
     queue_polling_interval: float = Field(
-        default=0.25, gt=0, le=10, description="How often DBOS looks for queued runs (s)."
+        default=0.25,
+        gt=0,
+        le=10,
+        description="How often DBOS looks for queued runs (and, on SQLite, notifications) (s).",
     )
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Seconds between beats.")
     executor_timeout: float = Field(
