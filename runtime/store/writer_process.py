@@ -56,7 +56,8 @@ class Statements:
             for c in table.columns
         }
         self._in_order = [self.convert[name] for name in columns]
-        self.insert = f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES "
+        into = f"INSERT INTO {self.table} ({', '.join(columns)}) "
+        self.insert = into + "VALUES "
         self.one = "(" + ", ".join([self.mark] * len(columns)) + ")"
         # A redelivery (same instance and X-Webhook-Id, also within one batch, also one
         # another replica commits at the same moment) is skipped by the unique index,
@@ -65,13 +66,10 @@ class Statements:
         # PostgreSQL: every batch, whatever its size, as one statement of one shape (an
         # array per column), which psycopg parses and PostgreSQL plans once; a multi-row
         # VALUES changes shape with the batch, and psycopg parsed it anew every time.
-        arrays = ", ".join(f"%b::{_element_type(c.type)}[]" for c in table.columns)
-        self.insert_arrays = (
-            ""
-            if is_sqlite
-            else f"INSERT INTO {self.table} ({', '.join(columns)}) "
-            f"SELECT * FROM unnest({arrays}){self.conflict}"
-        )
+        self.insert_arrays = ""
+        if not is_sqlite:
+            arrays = ", ".join(f"%b::{_element_type(c.type)}[]" for c in table.columns)
+            self.insert_arrays = f"{into}SELECT * FROM unnest({arrays}){self.conflict}"
 
     def row(self, values: list[Any]) -> list[Any]:
         """One row's values, in column order, converted."""
