@@ -428,10 +428,13 @@ def main() -> None:
                 finally:
                     _stop(workers)
 
-            wanted = {"bare": {"throughput", "queued"}, "runtime": {"throughput"}}
-            measured = [
-                key for key in ("bare", "runtime", "queued") if phases & wanted.get(key, {key})
-            ]
+            # Which phases need each target's wrk rounds (bare is every ratio's baseline).
+            wanted = {
+                "bare": {"throughput", "queued"},
+                "runtime": {"throughput"},
+                "queued": {"queued"},
+            }
+            measured = [key for key, needed in wanted.items() if phases & needed]
             rates: dict[str, list[float]] = {key: [] for key in ("runtime", "bare", "queued")}
             for key in measured:  # unmeasured warm-up: caches, prepared statements
                 _wrk(targets[key][0], body, targets[key][1], 2, args.connections)
