@@ -273,6 +273,11 @@ def test_webhook_errors(api: TestClient, subs: FakeSubscriptions) -> None:
         assert problem in answer.json()["error"]["message"]
     big = b"{" + b" " * (2 * 1024 * 1024) + b"}"
     assert api.post(path, content=big).status_code == 413
+    # Sent in chunks with no Content-Length, it is refused while it is read.
+    chunks = (b" " * 65536 for _ in range(40))
+    refused = api.post(path, content=chunks)
+    assert refused.status_code == 413 and "over 2 MB" in refused.json()["error"]["message"]
+    assert api.get(path).status_code == 405
     assert api.get("/api/executions").json() == []
 
 
@@ -286,6 +291,8 @@ def test_management_api_needs_the_admin_token(runtime_settings: RuntimeSettings,
         assert {"/api/connections", "/api/instances/{name}", "/webhooks/{instance}/{flow}"} <= set(
             paths
         )
+        delivery = paths["/webhooks/{instance}/{flow}"]["post"]
+        assert delivery["summary"].startswith("Receive a signed PagerDuty webhook")
 
 
 def test_component_specification(api: TestClient) -> None:
