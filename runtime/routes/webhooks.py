@@ -33,6 +33,8 @@ from pagerduty_connector.runtime.store.writer import QUEUE_KEY
 MAX_WEBHOOK_BYTES = 2 * 1024 * 1024
 _DROPPED_HEADERS = {b"authorization", b"cookie", b"proxy-authorization"}
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# Made once: json.dumps with any option builds a new encoder per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class AsgiRoute(Route):
@@ -159,7 +161,7 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         target, flow, trigger = await verified(fresh=True)
     output = trigger.output(body, headers)
     status, payload = await accept(engine, target, flow, body, headers, output)
-    answer = json.dumps(payload, separators=(",", ":")).encode()
+    answer = _ENCODE(payload).encode()
     headers_out = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers_out})
     await send({"type": "http.response.body", "body": answer})
