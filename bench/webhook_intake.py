@@ -338,8 +338,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", choices=["runtime", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved wrk runs per server")
+    parser.add_argument("--seconds", type=int, default=6, help="length of each wrk run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved wrk runs per server (more, shorter runs: a steadier median on a "
+        "machine whose speed drifts)",
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--flow-workers",
