@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from pagerduty_connector.runtime.durable import partition
 from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404, shown
 from pagerduty_connector.runtime.routes.connections import find_connection
-from pagerduty_connector.runtime.routes.webhooks import flow_of, record
+from pagerduty_connector.runtime.routes.webhooks import flow_of, json_answer, record
 from pagerduty_connector.runtime.store import ExecutionRow, new_id, now, select
 
 
@@ -178,16 +178,11 @@ async def replay_execution(request: Request) -> JSONResponse:
     target, flow = await flow_of(engine, original.instance_id, original.flow)
     headers = {**original.headers, "x-pdc-replay-of": original.id}
     headers.pop("x-webhook-id", None)
+    body = original.received_body.encode()
     answer = await record(
-        engine,
-        target,
-        flow,
-        original.received_body.encode(),
-        headers,
-        original.trigger or {},
-        replay_of=original.id,
+        engine, target, flow, body, headers, original.trigger or {}, replay_of=original.id
     )
-    return answer
+    return json_answer(answer)
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -28,7 +28,7 @@ from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow
 from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
-from pagerduty_connector.runtime.routes.webhooks import flow_of, record
+from pagerduty_connector.runtime.routes.webhooks import flow_of, json_answer, record
 from pagerduty_connector.runtime.store import (
     InstanceRow,
     SubscriptionRow,
@@ -233,4 +233,4 @@ async def test_flow(request: Request) -> JSONResponse:
     target, flow = await flow_of(engine, params["name"], params["flow"])
     body = await request.body()
     output = TRIGGERS[flow["trigger"]["type"]].output(body, {})
-    return await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output)
+    return json_answer(await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output))

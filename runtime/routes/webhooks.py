@@ -49,7 +49,7 @@ class AsgiRoute(Route):
         self.app = endpoint
 
 
-async def accept(
+async def record(
     engine: Engine,
     target: IntakeTarget,
     flow: dict[str, Any],
@@ -95,17 +95,9 @@ async def accept(
     return 202, {"execution": row["id"], "status": status}
 
 
-async def record(
-    engine: Engine,
-    target: IntakeTarget,
-    flow: dict[str, Any],
-    body: bytes,
-    headers: dict[str, str],
-    output: dict[str, Any],
-    replay_of: str | None = None,
-) -> JSONResponse:
-    """``accept`` for the management API's handlers (test runs, replays)."""
-    status, payload = await accept(engine, target, flow, body, headers, output, replay_of)
+def json_answer(answer: tuple[int, dict[str, Any]]) -> JSONResponse:
+    """``record``'s answer as a response, for the management API's handlers."""
+    status, payload = answer
     return JSONResponse(payload, status_code=status)
 
 
@@ -160,7 +152,7 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         # Another process may have just deployed: read the instance again, then decide.
         target, flow, trigger = await verified(fresh=True)
     output = trigger.output(body, headers)
-    status, payload = await accept(engine, target, flow, body, headers, output)
+    status, payload = await record(engine, target, flow, body, headers, output)
     answer = _ENCODE(payload).encode()
     headers_out = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers_out})
