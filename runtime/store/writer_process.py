@@ -100,19 +100,38 @@ class _NothingReturned:
         return None
 
 
-class _Recorder:
-    """Stands in for the connection in DBOS's ``_execute_prepared`` on PostgreSQL: DBOS
-    renders each statement's SQL and parameters (once per statement, then cached), and
-    this keeps them, so a batch's rows go to each statement together."""
+_ARRAY_INSERTS: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any]]] = {}
 
-    def __init__(self, dialect: Any) -> None:
-        self.dialect = dialect
-        self.statements: dict[str, list[dict[str, Any]]] = {}
 
-    def exec_driver_sql(self, sql: str, params: dict[str, Any]) -> _NothingReturned:
-        """Keep one row's parameters for ``sql``."""
-        self.statements.setdefault(sql, []).append(params)
-        return _NothingReturned()
+def _as_arrays(statement: Any, rows: list[dict[str, Any]], schema: str) -> tuple[str, tuple]:
+    """PostgreSQL: one DBOS insert for a batch's rows, as one array per column.
+
+    Rows of one DBOS statement all name the same columns; the SQL and each column's
+    conversion are made once per table and columns. ``ON CONFLICT`` is left out:
+    every row is a new execution's run, its id inserted in this very transaction.
+    """
+    table = statement.table
+    columns = tuple(rows[0])
+    made = _ARRAY_INSERTS.get((table.name, columns))
+    if made is None:
+        from sqlalchemy.dialects import postgresql
+
+        dialect = postgresql.dialect()
+        quote = dialect.identifier_preparer.quote
+        types = [table.c[name].type for name in columns]
+        casts = ", ".join(f"%b::{_element_type(t)}[]" for t in types)
+        made = (
+            f"INSERT INTO {quote(schema)}.{quote(table.name)} "
+            f"({', '.join(map(quote, columns))}) SELECT * FROM unnest({casts})",
+            [t.dialect_impl(dialect).bind_processor(dialect) for t in types],
+        )
+        _ARRAY_INSERTS[(table.name, columns)] = made
+    sql, converters = made
+    arrays = tuple(
+        [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
+        for name, convert in zip(columns, converters, strict=True)
+    )
+    return sql, arrays
 
 
 def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
@@ -121,38 +140,33 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
 
     DBOS's own ``enqueue_in_transaction`` builds each run's rows (status, inputs, the
     sealed arguments) and hands each to its ``_execute_prepared``; here that hand-off
-    is caught for the batch and the rows go to DBOS's own statements together, status
-    rows first (inputs refer to them), as one ``executemany`` each. On PostgreSQL,
-    DBOS renders the SQL and parameters itself (its statements compiled once), so
-    each is a statement of one shape that psycopg pipelines and prepares once, not the
-    multi-row INSERT SQLAlchemy would otherwise compile and psycopg parse anew for
-    every batch. Per-run statements cost the writer most of a queued delivery.
+    is caught for the batch and the rows go to DBOS's tables together, status rows
+    first (inputs refer to them). On PostgreSQL each table's rows are one ``INSERT ...
+    SELECT * FROM unnest(<one array per column>)``, a statement of one shape that
+    psycopg prepares once (sent row by row, DBOS's statements were most of the writer's
+    work for a queued delivery); on SQLite, DBOS's own statement as one ``executemany``.
     What DBOS would check on the returned row (a workflow id already used by another
     function) cannot happen: every run's id is a new execution's, just inserted.
     """
     system = queue._sys_db
-    prepared = system._execute_prepared
-    recorder = _Recorder(system.engine.dialect)
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
 
     def catch(_conn: Any, name: str, values: dict[str, Any], build: Any, **_: Any) -> Any:
         caught.setdefault(name, (build, []))[1].append(values)
         return _NothingReturned()
 
-    def render(_conn: Any, *args: Any, **options: Any) -> Any:
-        return prepared(recorder, *args, **options)
-
-    on_postgresql = system.engine.dialect.name == "postgresql"
-    system._execute_prepared = render if on_postgresql else catch  # type: ignore[method-assign]
+    system._execute_prepared = catch  # type: ignore[method-assign]
     try:
         for options in runs:
             queue.enqueue_in_transaction(connection, options)
     finally:
         del system._execute_prepared
-    for build, values in caught.values():
-        connection.execute(build(), values)
-    for sql, params in recorder.statements.items():
-        connection.exec_driver_sql(sql, params)
+    on_postgresql = system.engine.dialect.name == "postgresql"
+    for build, rows in caught.values():
+        if on_postgresql:
+            connection.exec_driver_sql(*_as_arrays(build(), rows, system.schema))
+        else:
+            connection.execute(build(), rows)
 
 
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:

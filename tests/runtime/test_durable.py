@@ -304,7 +304,8 @@ def test_at_start_only_executions_without_a_queued_run_are_queued(
 
 
 def test_a_batch_of_runs_is_queued_with_one_statement_per_table(durable_api: TestClient) -> None:
-    """The writer's ``enqueue_all``: DBOS's rows for five runs, two statements in all."""
+    """The writer's ``enqueue_all``: DBOS's rows for five runs, two statements in all,
+    each row as DBOS's own enqueue writes it."""
     from sqlalchemy import create_engine, event
 
     from pagerduty_connector.runtime.durable import enqueue_options, enqueuer, partition
@@ -317,17 +318,36 @@ def test_a_batch_of_runs_is_queued_with_one_statement_per_table(durable_api: Tes
     event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     ids = [new_id() for _ in range(5)]
     # A queue no process polls, so the runs stay as queued for the look below.
-    runs = [enqueue_options(i, ("test-unpolled", partition("acme", "on-incident"))) for i in ids]
+    place = ("test-unpolled", partition("acme", "on-incident"))
+    runs = [enqueue_options(i, place) for i in ids]
+    by_dbos = new_id()
+    schema = "" if engine.dialect.name == "sqlite" else "dbos."
     try:
+        queue = enqueuer("", settings.secret_key, engine=engine)
         with engine.connect() as connection, connection.begin():
             statements.clear()
-            enqueue_all(connection, enqueuer("", settings.secret_key, engine=engine), runs)
-        assert len(statements) == 2, statements
-        table = "workflow_status" if engine.dialect.name == "sqlite" else "dbos.workflow_status"
+            enqueue_all(connection, queue, runs)
+            assert len(statements) == 2, statements
+            queue.enqueue_in_transaction(connection, enqueue_options(by_dbos, place))
         with engine.connect() as connection:
-            queued = connection.execute(
-                text(f"SELECT workflow_uuid, status, queue_partition_key FROM {table}")
-            ).all()
+            rows = {
+                table: {
+                    row["workflow_uuid"]: dict(row)
+                    for row in connection.execute(text(f"SELECT * FROM {schema}{table}")).mappings()
+                }
+                for table in ("workflow_status", "workflow_input")
+            }
     finally:
         engine.dispose()
-    assert sorted(queued) == sorted((i, "ENQUEUED", "acme/on-incident") for i in ids)
+    status = rows["workflow_status"]
+    assert sorted(status) == sorted([*ids, by_dbos])
+    assert {(status[i]["status"], status[i]["queue_partition_key"]) for i in ids} == {
+        ("ENQUEUED", "acme/on-incident")
+    }
+    # Every column as DBOS itself writes it, but the id, the times of writing and the
+    # token DBOS draws for each enqueue.
+    differ = {"workflow_uuid", "created_at", "updated_at", "retention_timestamp", "creator_xid"}
+    for table, written in rows.items():
+        expected = {k: v for k, v in written[by_dbos].items() if k not in differ}
+        for i in ids:
+            assert {k: v for k, v in written[i].items() if k not in differ} == expected, table
