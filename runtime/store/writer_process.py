@@ -100,19 +100,18 @@ class _NothingReturned:
         return None
 
 
-_ARRAY_INSERTS: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any]]] = {}
+_ARRAY_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[Any]]] = {}
 
 
 def _as_arrays(statement: Any, rows: list[dict[str, Any]], schema: str) -> tuple[str, tuple]:
-    """PostgreSQL: one DBOS insert for a batch's rows, as one array per column.
-
-    Rows of one DBOS statement all name the same columns; the SQL and each column's
-    conversion are made once per table and columns. ``ON CONFLICT`` is left out:
-    every row is a new execution's run, its id inserted in this very transaction.
+    """PostgreSQL: one DBOS insert for rows naming the same columns, as one array per
+    column; the SQL and each column's conversion are made once per table and columns.
+    ``ON CONFLICT`` is left out: every row is a new execution's run, its id inserted in
+    this very transaction.
     """
     table = statement.table
     columns = tuple(rows[0])
-    made = _ARRAY_INSERTS.get((table.name, columns))
+    made = _ARRAY_INSERTS.get((schema, table.name, columns))
     if made is None:
         from sqlalchemy.dialects import postgresql
 
@@ -125,7 +124,7 @@ def _as_arrays(statement: Any, rows: list[dict[str, Any]], schema: str) -> tuple
             f"({', '.join(map(quote, columns))}) SELECT * FROM unnest({casts})",
             [t.dialect_impl(dialect).bind_processor(dialect) for t in types],
         )
-        _ARRAY_INSERTS[(table.name, columns)] = made
+        _ARRAY_INSERTS[(schema, table.name, columns)] = made
     sql, converters = made
     arrays = tuple(
         [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
@@ -163,10 +162,14 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
         del system._execute_prepared
     on_postgresql = system.engine.dialect.name == "postgresql"
     for build, rows in caught.values():
-        if on_postgresql:
-            connection.exec_driver_sql(*_as_arrays(build(), rows, system.schema))
-        else:
+        if not on_postgresql:
             connection.execute(build(), rows)
+            continue
+        # DBOS names the same columns for every run queued here; grouped all the same,
+        # so a row naming others could not lose a column.
+        statement = build()
+        for _, group in itertools.groupby(rows, key=tuple):
+            connection.exec_driver_sql(*_as_arrays(statement, list(group), system.schema))
 
 
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
