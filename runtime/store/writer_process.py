@@ -68,8 +68,8 @@ class Statements:
         # VALUES changes shape with the batch, and psycopg parsed it anew every time.
         self.insert_arrays = ""
         if not is_sqlite:
-            arrays = ", ".join(f"%b::{_element_type(c.type)}[]" for c in table.columns)
-            self.insert_arrays = f"{into}SELECT * FROM unnest({arrays}){self.conflict}"
+            types = [c.type for c in table.columns]
+            self.insert_arrays = _from_arrays(self.table, columns, types) + self.conflict
 
     def row(self, values: list[Any]) -> list[Any]:
         """One row's values, in column order, converted."""
@@ -86,6 +86,12 @@ class Statements:
         """An UPDATE of the named columns of one row."""
         assignments = ", ".join(f"{name} = {self.mark}" for name in names)
         return f"UPDATE {self.table} SET {assignments} WHERE id = {self.mark}"
+
+
+def _from_arrays(table: str, columns: list[str] | tuple[str, ...], types: list[Any]) -> str:
+    """PostgreSQL: an insert of many rows given as one binary array per column."""
+    casts = ", ".join(f"%b::{_element_type(t)}[]" for t in types)
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})"
 
 
 def _element_type(column_type: Any) -> str:
@@ -118,10 +124,9 @@ def _as_arrays(statement: Any, rows: list[dict[str, Any]], schema: str) -> tuple
         dialect = postgresql.dialect()
         quote = dialect.identifier_preparer.quote
         types = [table.c[name].type for name in columns]
-        casts = ", ".join(f"%b::{_element_type(t)}[]" for t in types)
+        target = f"{quote(schema)}.{quote(table.name)}"
         made = (
-            f"INSERT INTO {quote(schema)}.{quote(table.name)} "
-            f"({', '.join(map(quote, columns))}) SELECT * FROM unnest({casts})",
+            _from_arrays(target, [quote(name) for name in columns], types),
             [t.dialect_impl(dialect).bind_processor(dialect) for t in types],
         )
         _ARRAY_INSERTS[(schema, table.name, columns)] = made
