@@ -88,10 +88,27 @@ class Statements:
         return f"UPDATE {self.table} SET {assignments} WHERE id = {self.mark}"
 
 
-def _from_arrays(table: str, columns: list[str] | tuple[str, ...], types: list[Any]) -> str:
-    """PostgreSQL: an insert of many rows given as one binary array per column."""
-    casts = ", ".join(f"%b::{_element_type(t)}[]" for t in types)
-    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({casts})"
+def _from_arrays(
+    table: str,
+    columns: list[str] | tuple[str, ...],
+    types: list[Any],
+    same: tuple[bool, ...] = (),
+) -> str:
+    """PostgreSQL: an insert of many rows given as one binary array per column; the
+    columns flagged in ``same`` as one value for every row (its parameter comes first,
+    then the arrays)."""
+    same = same or (False,) * len(columns)
+    arrays = [(c, t) for c, t, one in zip(columns, types, same, strict=True) if not one]
+    picks = [
+        f"%b::{_element_type(t)}" if one else f"v.{c}"
+        for c, t, one in zip(columns, types, same, strict=True)
+    ]
+    casts = ", ".join(f"%b::{_element_type(t)}[]" for _, t in arrays)
+    names = ", ".join(c for c, _ in arrays)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"SELECT {', '.join(picks)} FROM unnest({casts}) AS v({names})"
+    )
 
 
 def _element_type(column_type: Any) -> str:
@@ -106,36 +123,61 @@ class _NothingReturned:
         return None
 
 
-_ARRAY_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, list[Any]]] = {}
+class _ColumnarInsert:
+    """PostgreSQL: the insert of one DBOS statement's rows into its table, as arrays.
 
-
-def _as_arrays(statement: Any, rows: list[dict[str, Any]], schema: str) -> tuple[str, tuple]:
-    """PostgreSQL: one DBOS insert for rows naming the same columns, as one array per
-    column; the SQL and each column's conversion are made once per table and columns.
-    ``ON CONFLICT`` is left out: every row is a new execution's run, its id inserted in
-    this very transaction.
+    A column whose value is the same in every row of a batch (most of DBOS's: the
+    workflow's name, queue, version, options left empty) goes as one value rather than
+    an array, since psycopg dumps array elements one by one in Python. The SQL is made
+    once per set of such columns; ``ON CONFLICT`` is left out: every row is a new
+    execution's run, its id inserted in this very transaction.
     """
-    table = statement.table
-    columns = tuple(rows[0])
-    made = _ARRAY_INSERTS.get((schema, table.name, columns))
-    if made is None:
+
+    def __init__(self, table: Any, columns: tuple[str, ...], schema: str) -> None:
         from sqlalchemy.dialects import postgresql
 
         dialect = postgresql.dialect()
         quote = dialect.identifier_preparer.quote
-        types = [table.c[name].type for name in columns]
-        target = f"{quote(schema)}.{quote(table.name)}"
-        made = (
-            _from_arrays(target, [quote(name) for name in columns], types),
-            [t.dialect_impl(dialect).bind_processor(dialect) for t in types],
+        self.target = f"{quote(schema)}.{quote(table.name)}"
+        self.columns = columns
+        self.quoted = [quote(column) for column in columns]
+        self.types = [table.c[column].type for column in columns]
+        self.converters = [t.dialect_impl(dialect).bind_processor(dialect) for t in self.types]
+        self.shapes: dict[tuple[bool, ...], str] = {}
+
+    def statement(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and parameters inserting ``rows``."""
+        values = [
+            [convert(row[column]) for row in rows] if convert else [row[column] for row in rows]
+            for column, convert in zip(self.columns, self.converters, strict=True)
+        ]
+        # The first column (the workflow's id) always varies, so unnest has an array.
+        same = tuple(
+            n > 0 and column.count(column[0]) == len(column) for n, column in enumerate(values)
         )
-        _ARRAY_INSERTS[(schema, table.name, columns)] = made
-    sql, converters = made
-    arrays = tuple(
-        [convert(row[name]) for row in rows] if convert else [row[name] for row in rows]
-        for name, convert in zip(columns, converters, strict=True)
-    )
-    return sql, arrays
+        sql = self.shapes.get(same)
+        if sql is None:
+            sql = self.shapes[same] = _from_arrays(self.target, self.quoted, self.types, same)
+        ones = [column[0] for column, one in zip(values, same, strict=True) if one]
+        arrays = [column for column, one in zip(values, same, strict=True) if not one]
+        return sql, (*ones, *arrays)
+
+
+_COLUMNAR: dict[tuple[str, str, tuple[str, ...]], _ColumnarInsert] = {}
+
+
+def _as_arrays(
+    name: str, build: Any, rows: list[dict[str, Any]], schema: str
+) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: DBOS's statement ``name`` for rows naming the same columns, as one
+    insert (``_ColumnarInsert``, made once per statement and columns)."""
+    columns = tuple(rows[0])
+    insert = _COLUMNAR.get((schema, name, columns))
+    if insert is None:
+        insert = _COLUMNAR[(schema, name, columns)] = _ColumnarInsert(
+            build().table, columns, schema
+        )
+    return insert.statement(rows)
 
 
 def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
@@ -166,15 +208,14 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
     finally:
         del system._execute_prepared
     on_postgresql = system.engine.dialect.name == "postgresql"
-    for build, rows in caught.values():
+    for name, (build, rows) in caught.items():
         if not on_postgresql:
             connection.execute(build(), rows)
             continue
         # DBOS names the same columns for every run queued here; grouped all the same,
         # so a row naming others could not lose a column.
-        statement = build()
         for _, group in itertools.groupby(rows, key=tuple):
-            connection.exec_driver_sql(*_as_arrays(statement, list(group), system.schema))
+            connection.exec_driver_sql(*_as_arrays(name, build, list(group), system.schema))
 
 
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
