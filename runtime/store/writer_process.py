@@ -188,9 +188,10 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
     sealed arguments) and hands each to its ``_execute_prepared``; here that hand-off
     is caught for the batch and the rows go to DBOS's tables together, status rows
     first (inputs refer to them). On PostgreSQL each table's rows are one ``INSERT ...
-    SELECT * FROM unnest(<one array per column>)``, a statement of one shape that
-    psycopg prepares once (sent row by row, DBOS's statements were most of the writer's
-    work for a queued delivery); on SQLite, DBOS's own statement as one ``executemany``.
+    SELECT ... FROM unnest(...)`` (``_ColumnarInsert``: an array per column that varies,
+    one value for a column the same in every row), prepared once per shape (sent row by
+    row, DBOS's statements were most of the writer's work for a queued delivery); on
+    SQLite, DBOS's own statement as one ``executemany``.
     What DBOS would check on the returned row (a workflow id already used by another
     function) cannot happen: every run's id is a new execution's, just inserted.
     """
