@@ -35,95 +35,61 @@ Insert = dict[str, Any]
 Update = tuple[str, dict[str, Any]]
 
 
-class _Batches:
-    """Batches for the writer process (``writer_process.py``).
+class _Child(asyncio.SubprocessProtocol):
+    """The writer process's pipes (``writer_process.py``), read in the event loop's own
+    callback: each answer settles its batch as soon as it arrives, and the next batch is
+    sent from the same callback, so the child never waits on a hop through a task."""
 
-    Rows go as they are (pickled); the child converts them to what the driver takes
-    (``writer_process.Statements``), so the event loop spends nothing on JSON or dates.
-    On SQLite, being the only writer of executions, the child never waits in SQLite's
-    busy handler.
-    """
+    def __init__(self, answered: Any, lost: Any) -> None:
+        self._answered, self._lost = answered, lost
+        self._buffer = bytearray()
+        self.gone = False
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited = asyncio.get_running_loop().create_future()
 
-    def __init__(self, url: str, secret_key: str) -> None:
-        self._columns = [c.name for c in ExecutionRow.__table__.columns]
-        self._hello = (url, secret_key)
-        self._process: asyncio.subprocess.Process | None = None
-        self._waiting: collections.deque[asyncio.Future[set[str]]] = collections.deque()
-        self._reader: asyncio.Task[None] | None = None
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-    def prepare(self, inserts: list[Insert], updates: list[Update]) -> Any:
-        """A batch as the writer process takes it: rows as column values in table order."""
-        rows = [
-            (row["id"], [row.get(name) for name in self._columns], row.get(QUEUE_KEY))
-            for row in inserts
-        ]
-        changes = [(tuple(values), [*values.values(), row_id]) for row_id, values in updates]
-        return rows, changes
+    def send(self, data: bytes) -> None:
+        """Write a frame to the child's stdin (buffered by the loop; the writer bounds how
+        much is unanswered)."""
+        assert self.transport is not None
+        pipe = self.transport.get_pipe_transport(0)
+        assert isinstance(pipe, asyncio.WriteTransport)
+        pipe.write(data)
 
-    async def start(self) -> asyncio.subprocess.Process:
-        """The writer process, started if it is not running (its imports take a second:
-        the runtime starts it at startup, not on the first delivery)."""
-        process = self._process
-        if process is None or process.returncode is not None:
-            process = self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "pagerduty_connector.runtime.store.writer_process",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-            )
-            assert process.stdin is not None
-            process.stdin.write(frame(self._hello))
-            self._waiting = collections.deque()
-            self._reader = asyncio.create_task(self._answers(process, self._waiting))
-        return process
+    def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
+        if fd != 1:
+            return
+        buffer = self._buffer
+        buffer += data
+        while len(buffer) >= 4:
+            size = int.from_bytes(buffer[:4], "big")
+            if len(buffer) < 4 + size:
+                return
+            answer = pickle.loads(buffer[4 : 4 + size])
+            del buffer[: 4 + size]
+            self._answered(self, answer)
 
-    async def send(self, prepared: Any) -> asyncio.Future[set[str]]:
-        """Hand a batch to the writer process; the future resolves once it is committed.
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self.gone = True
+            self._lost(self)
 
-        Batches are answered in the order they were sent, so several can be on their
-        way at once: the child starts the next batch as soon as it has committed one,
-        without waiting for a round trip through the event loop.
-        """
-        process = await self.start()
-        assert process.stdin is not None
-        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(answer)
-        try:
-            process.stdin.write(frame(prepared))
-            await process.stdin.drain()
-        except ConnectionError:
-            process.kill()  # the reader fails every batch sent to it
-        return answer
+    def process_exited(self) -> None:
+        self.gone = True
+        self._lost(self)
+        if not self.exited.done():
+            self.exited.set_result(None)
 
-    async def _answers(
-        self, process: asyncio.subprocess.Process, waiting: collections.deque[Any]
-    ) -> None:
-        assert process.stdout is not None
-        try:
-            while True:
-                size = int.from_bytes(await process.stdout.readexactly(4), "big")
-                status, value = pickle.loads(await process.stdout.readexactly(size))
-                answer = waiting.popleft()
-                if status == "ok":
-                    answer.set_result(set(value))
-                else:
-                    answer.set_exception(RuntimeError(f"the writer could not commit: {value}"))
-        except (ConnectionError, asyncio.IncompleteReadError):
-            if process.returncode is None:
-                process.kill()
-            while waiting:
-                lost = RuntimeError("the writer process stopped; it is restarted")
-                waiting.popleft().set_exception(lost)
+    def kill(self) -> None:
+        """End the child (it lost its pipe, or the parent gave up on it)."""
+        if self.transport is not None and self.transport.get_returncode() is None:
+            self.transport.kill()
 
-    async def close(self) -> None:
-        """Let the writer process finish what it was sent and exit."""
-        if self._process is not None and self._process.returncode is None:
-            assert self._process.stdin is not None
-            self._process.stdin.close()
-            await self._process.wait()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+
+# A change and the future its caller awaits; ``None`` changes nothing (``start``).
+Waiting = tuple[Insert | Update | None, "asyncio.Future[bool]"]
 
 
 class ExecutionWriter:
@@ -133,30 +99,31 @@ class ExecutionWriter:
     with a ``queue`` partition has its run queued for DBOS in the same transaction.
     This is the only writer of the executions table, so concurrent flows never make
     intake wait for it.
+
+    Batches go to a child process (``writer_process.py``) as pickles of plain rows; it
+    converts them to what the driver takes, so the event loop spends nothing on JSON or
+    dates (on SQLite, being the only writer of executions, it never waits in SQLite's
+    busy handler either). Up to ``IN_FLIGHT`` batches are unanswered at once, so the
+    child starts the next as soon as it has committed one; changes arriving meanwhile
+    gather into the batch after (group commit).
     """
 
     def __init__(self, store: Store, secret_key: str) -> None:
         if store.is_sqlite and not store.sqlite_path:
             raise ValueError("the runtime's SQLite database must be a file, not in memory")
-        Item = tuple[Insert | Update, asyncio.Future[bool]]
-        self._queue: asyncio.Queue[Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Future[set[str]]] = set()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
-        self._process = _Batches(store.url, secret_key)
-
-    async def _submit(self, item: Insert | Update) -> bool:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, done))
-        return await done
+        self._columns = [c.name for c in ExecutionRow.__table__.columns]
+        self._hello = (store.url, secret_key)
+        self._pending: list[Waiting] = []
+        self._sent: collections.deque[list[Waiting]] = collections.deque()
+        self._child: _Child | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._flush_soon = False
 
     async def start(self) -> None:
         """Start the writer process now rather than at the first change, and wait until
-        it has committed an empty batch: its imports and connection then cost nothing to
-        the first deliveries."""
-        await (await self._process.send(self._process.prepare([], [])))
+        it has committed an empty batch: its imports (a second) and connection then cost
+        nothing to the first deliveries."""
+        await self._submit(None)
 
     async def record(self, values: Insert) -> bool:
         """Store one execution row; ``False`` if its webhook id was already recorded."""
@@ -166,34 +133,91 @@ class ExecutionWriter:
         """Change columns of one execution."""
         await self._submit((execution_id, values))
 
-    async def _run(self) -> None:
-        while True:
-            # A slot first, then the batch: while every slot is taken, changes pile up
-            # into the next batch (group commit); with one free, the child never idles.
-            await self._slots.acquire()
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            inserts = [item for item, _ in batch if isinstance(item, dict)]
-            updates = [item for item, _ in batch if isinstance(item, tuple)]
-            try:
-                answer = await self._process.send(self._process.prepare(inserts, updates))
-            except Exception as exc:
-                self._slots.release()
-                self._settle(batch, exc, set())
-                continue
-            self._inflight.add(answer)
-            answer.add_done_callback(lambda done, batch=batch: self._answered(batch, done))
+    async def _submit(self, item: Insert | Update | None) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if not self._flush_soon and len(self._sent) < IN_FLIGHT:
+            # At the end of this turn of the loop, so that the changes of deliveries
+            # handled in the same turn go together.
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await done
 
-    def _answered(self, batch: list[Any], answer: asyncio.Future[set[str]]) -> None:
-        self._inflight.discard(answer)
-        self._slots.release()
-        exc = answer.exception() if not answer.cancelled() else RuntimeError("cancelled")
-        self._settle(batch, exc, set() if exc else answer.result())
+    def _flush(self) -> None:
+        """Send what is pending, while fewer than ``IN_FLIGHT`` batches are unanswered."""
+        self._flush_soon = False
+        child = self._child
+        if child is None:
+            if self._pending and (self._starting is None or self._starting.done()):
+                self._starting = asyncio.ensure_future(self._start_child())
+            return
+        while self._pending and len(self._sent) < IN_FLIGHT:
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            self._sent.append(batch)
+            child.send(frame(self._prepare(batch)))
+
+    def _prepare(self, batch: list[Waiting]) -> Any:
+        """A batch as the writer process takes it: rows as column values in table order."""
+        rows, changes = [], []
+        for item, _ in batch:
+            if isinstance(item, dict):
+                values = [item.get(name) for name in self._columns]
+                rows.append((item["id"], values, item.get(QUEUE_KEY)))
+            elif item is not None:
+                row_id, changed = item
+                changes.append((tuple(changed), [*changed.values(), row_id]))
+        return rows, changes
+
+    async def _start_child(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, child = await loop.subprocess_exec(
+                lambda: _Child(self._answered, self._lost),
+                sys.executable,
+                "-m",
+                "pagerduty_connector.runtime.store.writer_process",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+            )
+        except Exception as exc:
+            pending, self._pending = self._pending, []
+            self._settle(pending, exc, set())
+            return
+        child.send(frame(self._hello))
+        self._child = child
+        if child.gone:  # it died while starting, before it was ours to replace
+            self._lost(child)
+        else:
+            self._flush()
+
+    def _answered(self, child: _Child, answer: tuple[str, Any]) -> None:
+        if child is not self._child or not self._sent:
+            return
+        batch = self._sent.popleft()
+        status, value = answer
+        if status == "ok":
+            self._settle(batch, None, set(value))
+        else:
+            self._settle(batch, RuntimeError(f"the writer could not commit: {value}"), set())
+        self._flush()  # the child is waiting: what gathered meanwhile goes now
+
+    def _lost(self, child: _Child) -> None:
+        if child is not self._child:
+            return
+        self._child = None
+        child.kill()
+        sent, self._sent = self._sent, collections.deque()
+        lost = RuntimeError("the writer process stopped; it is restarted")
+        for batch in sent:
+            self._settle(batch, lost, set())
+        if self._pending:
+            self._flush()
 
     @staticmethod
-    def _settle(batch: list[Any], exc: BaseException | None, inserted: set[str]) -> None:
-        if exc is not None:  # every waiting caller learns it was not stored
+    def _settle(batch: list[Waiting], exc: BaseException | None, inserted: set[str]) -> None:
+        if exc is not None and batch:  # every waiting caller learns it was not stored
             log.error("could not write %d execution changes: %s", len(batch), exc)
         for item, done in batch:
             if done.done():
@@ -204,9 +228,20 @@ class ExecutionWriter:
                 done.set_result(not isinstance(item, dict) or item["id"] in inserted)
 
     async def close(self) -> None:
-        """Stop the writer task (pending callers have already been answered or failed)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self._process.close()
+        """Let the writer process commit what it was sent, and exit. Callers are answered
+        by then: the server has finished its requests before the runtime closes."""
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        pending, self._pending = self._pending, []
+        self._settle(pending, RuntimeError("the writer is closed"), set())
+        child = self._child
+        if child is None:
+            return
+        answers = [done for batch in self._sent for _, done in batch]
+        await asyncio.gather(*answers, return_exceptions=True)
+        assert child.transport is not None
+        stdin = child.transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
+        await child.exited
+        child.transport.close()

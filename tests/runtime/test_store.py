@@ -159,12 +159,14 @@ async def test_a_dead_writer_process_is_replaced(tmp_path: Path) -> None:
     await store.migrate()
     writer = ExecutionWriter(store, Fernet.generate_key().decode())
     assert await writer.record(_row("wh-1")) is True
-    assert writer._process._process is not None
-    first = writer._process._process
+    first = writer._child
+    assert first is not None and first.transport is not None
+    first_pid = first.transport.get_pid()
     first.kill()
-    await first.wait()
+    await first.exited
     assert await writer.record(_row("wh-2")) is True  # a new writer process took over
-    assert writer._process._process.pid != first.pid
+    assert writer._child is not None and writer._child.transport is not None
+    assert writer._child.transport.get_pid() != first_pid
     assert await writer.record(_row("wh-1")) is False  # and sees what the first stored
     await writer.close()
     await store.close()
