@@ -17,6 +17,7 @@ frame names the database, so no URL (or password) shows in the process list.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import pickle
@@ -124,40 +125,48 @@ class _NothingReturned:
 
 
 class _ColumnarInsert:
-    """PostgreSQL: the insert of one DBOS statement's rows into its table, as arrays.
+    """PostgreSQL: the insert of one DBOS statement's rows into its table, as arrays,
+    of those rows whose workflow id is among the executions just inserted (``new``).
 
     A column whose value is the same in every row of a batch (most of DBOS's: the
     workflow's name, queue, version, options left empty) goes as one value rather than
     an array, since psycopg dumps array elements one by one in Python. The SQL is made
     once per set of such columns; ``ON CONFLICT`` is left out: every row is a new
-    execution's run, its id inserted in this very transaction.
+    execution's run, its id inserted by the same statement.
     """
+
+    KEY = "workflow_uuid"
 
     def __init__(self, table: Any, columns: tuple[str, ...], schema: str) -> None:
         from sqlalchemy.dialects import postgresql
 
+        if self.KEY not in columns:
+            raise RuntimeError(f"DBOS's {table.name} rows no longer name {self.KEY}")
         dialect = postgresql.dialect()
         quote = dialect.identifier_preparer.quote
         self.target = f"{quote(schema)}.{quote(table.name)}"
         self.columns = columns
         self.quoted = [quote(column) for column in columns]
+        self.only_new = f" WHERE v.{quote(self.KEY)} IN (SELECT id FROM new)"
         self.types = [table.c[column].type for column in columns]
         self.converters = [t.dialect_impl(dialect).bind_processor(dialect) for t in self.types]
         self.shapes: dict[tuple[bool, ...], str] = {}
 
     def statement(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        """The SQL and parameters inserting ``rows``."""
+        """The SQL and parameters inserting ``rows`` (for a ``WITH`` query after ``new``)."""
         values = [
             [convert(row[column]) for row in rows] if convert else [row[column] for row in rows]
             for column, convert in zip(self.columns, self.converters, strict=True)
         ]
-        # The first column (the workflow's id) always varies, so unnest has an array.
+        # The workflow's id is always an array: unnest has one, and ``only_new`` reads it.
         same = tuple(
-            n > 0 and column.count(column[0]) == len(column) for n, column in enumerate(values)
+            name != self.KEY and column.count(column[0]) == len(column)
+            for name, column in zip(self.columns, values, strict=True)
         )
         sql = self.shapes.get(same)
         if sql is None:
-            sql = self.shapes[same] = _from_arrays(self.target, self.quoted, self.types, same)
+            insert = _from_arrays(self.target, self.quoted, self.types, same)
+            sql = self.shapes[same] = insert + self.only_new
         ones = [column[0] for column, one in zip(values, same, strict=True) if one]
         arrays = [column for column, one in zip(values, same, strict=True) if not one]
         return sql, (*ones, *arrays)
@@ -166,34 +175,28 @@ class _ColumnarInsert:
 _COLUMNAR: dict[tuple[str, str, tuple[str, ...]], _ColumnarInsert] = {}
 
 
-def _as_arrays(
-    name: str, build: Any, rows: list[dict[str, Any]], schema: str
-) -> tuple[str, tuple[Any, ...]]:
-    """PostgreSQL: DBOS's statement ``name`` for rows naming the same columns, as one
-    insert (``_ColumnarInsert``, made once per statement and columns)."""
-    columns = tuple(rows[0])
+def _columnar(name: str, build: Any, schema: str, columns: tuple[str, ...]) -> _ColumnarInsert:
+    """PostgreSQL: the insert for DBOS's statement ``name`` naming ``columns``, made once."""
     insert = _COLUMNAR.get((schema, name, columns))
     if insert is None:
         insert = _COLUMNAR[(schema, name, columns)] = _ColumnarInsert(
             build().table, columns, schema
         )
-    return insert.statement(rows)
+    return insert
 
 
-def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
-    """Queue ``runs`` (DBOS enqueue options) in ``connection``'s transaction, with one
-    statement per table for the whole batch instead of DBOS's two per run.
+def dbos_rows(
+    connection: Connection, queue: DBOSClient, runs: list[Any]
+) -> dict[str, tuple[Any, list[dict[str, Any]]]]:
+    """DBOS's rows for queueing ``runs`` (DBOS enqueue options), by DBOS's statement
+    name (status rows first: inputs refer to them), with the statement's builder.
 
     DBOS's own ``enqueue_in_transaction`` builds each run's rows (status, inputs, the
-    sealed arguments) and hands each to its ``_execute_prepared``; here that hand-off
-    is caught for the batch and the rows go to DBOS's tables together, status rows
-    first (inputs refer to them). On PostgreSQL each table's rows are one ``INSERT ...
-    SELECT ... FROM unnest(...)`` (``_ColumnarInsert``: an array per column that varies,
-    one value for a column the same in every row), prepared once per shape (sent row by
-    row, DBOS's statements were most of the writer's work for a queued delivery); on
-    SQLite, DBOS's own statement as one ``executemany``.
+    sealed arguments) and hands each to its ``_execute_prepared``; that hand-off is
+    caught here, so the rows of a whole batch can go to DBOS's tables together.
     What DBOS would check on the returned row (a workflow id already used by another
-    function) cannot happen: every run's id is a new execution's, just inserted.
+    function) cannot happen: every run's id is a new execution's, inserted in the same
+    transaction.
     """
     system = queue._sys_db
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
@@ -208,26 +211,55 @@ def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> N
             queue.enqueue_in_transaction(connection, options)
     finally:
         del system._execute_prepared
-    on_postgresql = system.engine.dialect.name == "postgresql"
-    for name, (build, rows) in caught.items():
-        if not on_postgresql:
-            connection.execute(build(), rows)
-            continue
-        # DBOS names the same columns for every run queued here; grouped all the same,
-        # so a row naming others could not lose a column.
-        for _, group in itertools.groupby(rows, key=tuple):
-            connection.exec_driver_sql(*_as_arrays(name, build, list(group), system.schema))
+    return caught
+
+
+def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
+    """SQLite: queue ``runs`` in ``connection``'s transaction with one statement per
+    DBOS table for the whole batch (DBOS's own, as one ``executemany``), instead of
+    DBOS's two per run."""
+    for build, rows in dbos_rows(connection, queue, runs).values():
+        connection.execute(build(), rows)
 
 
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
-    """Insert the rows whose (instance, webhook id) is new; the ids inserted."""
+    """SQLite: insert the rows whose (instance, webhook id) is new; the ids inserted."""
     values = [sql.row(row_values) for _, row_values, _ in rows]
-    if sql.is_sqlite:
-        statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
-        params = tuple(value for row in values for value in row)
-    else:
-        statement, params = sql.insert_arrays, tuple(map(list, zip(*values, strict=True)))
+    statement = sql.insert + ", ".join([sql.one] * len(rows)) + sql.conflict
+    params = tuple(value for row in values for value in row)
     return {row_id for (row_id,) in connection.exec_driver_sql(statement, params)}
+
+
+def insert_and_enqueue(
+    connection: Connection, sql: Statements, queue: DBOSClient, rows: list[Row]
+) -> tuple[str, tuple[Any, ...]]:
+    """PostgreSQL: one statement that inserts the rows whose (instance, webhook id) is
+    new and queues the runs of those among them that have one; it returns the ids
+    inserted.
+
+    The executions insert is the first of its ``WITH`` queries; each DBOS table's rows
+    (``_ColumnarInsert``: an array per column that varies, one value for a column the
+    same in every row) are inserted where their workflow id is among the ids it
+    returned, so a redelivery's run is never queued. One statement, not one per table:
+    each round trip to PostgreSQL was most of a batch's time in the writer.
+    """
+    from pagerduty_connector.runtime.durable import enqueue_options
+
+    values = [sql.row(row_values) for _, row_values, _ in rows]
+    params: list[Any] = list(map(list, zip(*values, strict=True)))
+    runs = [enqueue_options(row_id, placement) for row_id, _, placement in rows if placement]
+    if not runs:
+        return sql.insert_arrays, tuple(params)
+    schema = queue._sys_db.schema
+    queries = [f"new AS ({sql.insert_arrays})"]
+    for name, (build, caught) in dbos_rows(connection, queue, runs).items():
+        # DBOS names the same columns for every run queued here; grouped all the same,
+        # so a row naming others could not lose a column.
+        for columns, group in itertools.groupby(caught, key=tuple):
+            statement, more = _columnar(name, build, schema, columns).statement(list(group))
+            queries.append(f"q{len(queries)} AS ({statement})")
+            params.extend(more)
+    return "WITH " + ", ".join(queries) + " SELECT id FROM new", tuple(params)
 
 
 def apply_batch(
@@ -238,9 +270,22 @@ def apply_batch(
     changes: list[Change],
 ) -> set[str]:
     """Insert rows whose webhook id is new and queue their runs, apply updates, commit;
-    the ids inserted."""
+    the ids inserted.
+
+    Consecutive updates of the same columns go as one executemany; their order, which
+    matters for two updates of one row, is kept. On SQLite, the rows inserted decide
+    which runs DBOS's statements queue; on PostgreSQL one statement does both
+    (``insert_and_enqueue``).
+    """
     from pagerduty_connector.runtime.durable import enqueue_options
 
+    updates = [
+        (sql.update(names), [tuple(sql.changed(names, values)) for _, values in group])
+        for names, group in itertools.groupby(changes, key=lambda change: change[0])
+    ]
+    if not sql.is_sqlite:
+        insert = insert_and_enqueue(connection, sql, queue, rows) if rows else None
+        return _on_postgresql(connection.connection.driver_connection, insert, updates)
     with connection.begin():
         inserted = insert_new(connection, sql, rows) if rows else set()
         queued = [
@@ -250,11 +295,25 @@ def apply_batch(
         ]
         if queued:
             enqueue_all(connection, queue, queued)
-        # Consecutive updates of the same columns go as one executemany; their order,
-        # which matters for two updates of one row, is kept.
-        for names, group in itertools.groupby(changes, key=lambda change: change[0]):
-            params = [tuple(sql.changed(names, values)) for _, values in group]
-            connection.exec_driver_sql(sql.update(names), params)
+        for statement, params in updates:
+            connection.exec_driver_sql(statement, params)
+    return inserted
+
+
+def _on_postgresql(
+    raw: Any, insert: tuple[str, tuple[Any, ...]] | None, updates: list[tuple[str, list[Any]]]
+) -> set[str]:
+    """Run a batch on psycopg's connection: the insert alone in autocommit (one
+    statement, one round trip: psycopg would send BEGIN and COMMIT as two more), with
+    updates in a transaction."""
+    raw.autocommit = True
+    inserted: set[str] = set()
+    with raw.cursor() as cursor, raw.transaction() if updates else contextlib.nullcontext():
+        if insert:
+            cursor.execute(*insert)
+            inserted = {row_id for (row_id,) in cursor.fetchall()}
+        for statement, params in updates:
+            cursor.executemany(statement, params)
     return inserted
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -303,31 +304,63 @@ def test_at_start_only_executions_without_a_queued_run_are_queued(
     assert notes.call_count == 2  # the lost run's note; the first run was not run again
 
 
-def test_a_batch_of_runs_is_queued_with_one_statement_per_table(durable_api: TestClient) -> None:
-    """The writer's ``enqueue_all``: DBOS's rows for five runs, two statements in all,
-    each row as DBOS's own enqueue writes it."""
+def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
+    durable_api: TestClient,
+) -> None:
+    """The writer's ``apply_batch``: five new executions queue five runs, each run's rows
+    as DBOS's own enqueue writes them; a redelivery queues nothing. SQLite: a statement
+    per table (executions, DBOS's status, its inputs); PostgreSQL: one in all."""
+    import psycopg
     from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
 
     from pagerduty_connector.runtime.durable import enqueue_options, enqueuer, partition
     from pagerduty_connector.runtime.store import new_id
-    from pagerduty_connector.runtime.store.writer_process import enqueue_all
+    from pagerduty_connector.runtime.store.models import ExecutionRow
+    from pagerduty_connector.runtime.store.writer_process import Statements, apply_batch
 
     settings = durable_api.app.state.engine.settings  # type: ignore[attr-defined]
-    engine = create_engine(system_database_url(settings.resolved_database_url()))
+    engine = create_engine(
+        system_database_url(settings.resolved_database_url()), poolclass=NullPool
+    )
+    on_sqlite = engine.dialect.name == "sqlite"
+    sql = Statements(ExecutionRow.__table__, on_sqlite)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    ids = [new_id() for _ in range(5)]
+
+    class Counted(psycopg.Cursor):  # what the writer sends past SQLAlchemy, on PostgreSQL
+        def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+            statements.append(str(query))
+            return super().execute(query, *args, **kwargs)
+
     # A queue no process polls, so the runs stay as queued for the look below.
     place = ("test-unpolled", partition("acme", "on-incident"))
-    runs = [enqueue_options(i, place) for i in ids]
+    columns = [c.name for c in ExecutionRow.__table__.columns]
+
+    def execution(webhook_id: str) -> tuple[str, list[Any], tuple[str, str]]:
+        values = {
+            "id": new_id(),
+            **{"instance_id": "acme", "flow": "on-incident", "webhook_id": webhook_id},
+            **{"status": "received", "received_body": "{}", "headers": {}, "trigger": {}},
+            **{"response_status": 202, "steps": [], "received_at": now()},
+        }
+        return values["id"], [values.get(name) for name in columns], place
+
+    batch = [execution(f"wh-{n}") for n in range(5)]
+    ids = [row_id for row_id, _, _ in batch]
+    redelivered = execution("wh-0")
     by_dbos = new_id()
-    schema = "" if engine.dialect.name == "sqlite" else "dbos."
+    schema = "" if on_sqlite else "dbos."
     try:
         queue = enqueuer("", settings.secret_key, engine=engine)
-        with engine.connect() as connection, connection.begin():
+        with engine.connect() as connection:
+            if not on_sqlite:
+                connection.connection.driver_connection.cursor_factory = Counted
             statements.clear()
-            enqueue_all(connection, queue, runs)
-            assert len(statements) == 2, statements
+            assert apply_batch(connection, sql, queue, batch, []) == set(ids)
+            assert len(statements) == (3 if on_sqlite else 1), statements
+            assert apply_batch(connection, sql, queue, [redelivered], []) == set()
+        with engine.connect() as connection, connection.begin():
             queue.enqueue_in_transaction(connection, enqueue_options(by_dbos, place))
         with engine.connect() as connection:
             rows = {
