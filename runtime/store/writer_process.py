@@ -64,13 +64,18 @@ class Statements:
         # another replica commits at the same moment) is skipped by the unique index,
         # and RETURNING says which rows were new: only those get a run.
         self.conflict = " ON CONFLICT (instance_id, webhook_id) DO NOTHING RETURNING id"
-        # PostgreSQL: every batch, whatever its size, as one statement of one shape (an
-        # array per column), which psycopg parses and PostgreSQL plans once; a multi-row
-        # VALUES changes shape with the batch, and psycopg parsed it anew every time.
-        self.insert_arrays = ""
+        # PostgreSQL: every batch, whatever its size, as one statement of few shapes
+        # (arrays), which psycopg parses and PostgreSQL plans once; a multi-row VALUES
+        # changes shape with the batch, and psycopg parsed it anew every time.
+        self.columnar: _ColumnarInsert | None = None
         if not is_sqlite:
             types = [c.type for c in table.columns]
-            self.insert_arrays = _from_arrays(self.table, columns, types) + self.conflict
+            self.columnar = _ColumnarInsert(
+                self.table, tuple(columns), types, key="id", suffix=self.conflict
+            )
+            # JSON as text, by SQLAlchemy's JSON processor (psycopg's own dumper would
+            # wrap each value first).
+            self.columnar.converters = self._in_order
 
     def row(self, values: list[Any]) -> list[Any]:
         """One row's values, in column order, converted."""
@@ -89,29 +94,6 @@ class Statements:
         return f"UPDATE {self.table} SET {assignments} WHERE id = {self.mark}"
 
 
-def _from_arrays(
-    table: str,
-    columns: list[str] | tuple[str, ...],
-    types: list[Any],
-    same: tuple[bool, ...] = (),
-) -> str:
-    """PostgreSQL: an insert of many rows given as one binary array per column; the
-    columns flagged in ``same`` as one value for every row (its parameter comes first,
-    then the arrays)."""
-    same = same or (False,) * len(columns)
-    arrays = [(c, t) for c, t, one in zip(columns, types, same, strict=True) if not one]
-    picks = [
-        f"%b::{_element_type(t)}" if one else f"v.{c}"
-        for c, t, one in zip(columns, types, same, strict=True)
-    ]
-    casts = ", ".join(f"%b::{_element_type(t)}[]" for _, t in arrays)
-    names = ", ".join(c for c, _ in arrays)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) "
-        f"SELECT {', '.join(picks)} FROM unnest({casts}) AS v({names})"
-    )
-
-
 def _element_type(column_type: Any) -> str:
     """A column's PostgreSQL type, without length, for an array of its values."""
     from sqlalchemy.dialects import postgresql
@@ -125,62 +107,87 @@ class _NothingReturned:
 
 
 class _ColumnarInsert:
-    """PostgreSQL: the insert of one DBOS statement's rows into its table, as arrays,
-    of those rows whose workflow id is among the executions just inserted (``new``).
+    """PostgreSQL: an insert of many rows given as arrays, ``INSERT ... SELECT ... FROM
+    unnest(...)``, for the executions and for each of DBOS's tables.
 
     A column whose value is the same in every row of a batch (most of DBOS's: the
-    workflow's name, queue, version, options left empty) goes as one value rather than
-    an array, since psycopg dumps array elements one by one in Python. The SQL is made
-    once per set of such columns; ``ON CONFLICT`` is left out: every row is a new
-    execution's run, its id inserted by the same statement.
+    workflow's name, queue, version, options left empty; many of an execution's) goes
+    as one value rather than an array, since psycopg dumps array elements one by one in
+    Python. The ``key`` column is always an array (unnest needs one; ``suffix`` may
+    read it). The SQL is made once per set of such columns.
     """
 
-    KEY = "workflow_uuid"
-
-    def __init__(self, table: Any, columns: tuple[str, ...], schema: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        columns: tuple[str, ...],
+        types: list[Any],
+        *,
+        key: str,
+        suffix: str = "",
+    ) -> None:
         from sqlalchemy.dialects import postgresql
 
-        if self.KEY not in columns:
-            raise RuntimeError(f"DBOS's {table.name} rows no longer name {self.KEY}")
         dialect = postgresql.dialect()
-        quote = dialect.identifier_preparer.quote
-        self.target = f"{quote(schema)}.{quote(table.name)}"
-        self.columns = columns
-        self.quoted = [quote(column) for column in columns]
-        self.only_new = f" WHERE v.{quote(self.KEY)} IN (SELECT id FROM new)"
-        self.types = [table.c[column].type for column in columns]
-        self.converters = [t.dialect_impl(dialect).bind_processor(dialect) for t in self.types]
+        self.target, self.columns, self.types, self.suffix = target, columns, types, suffix
+        self.arrayed = tuple(column == key for column in columns)
+        self.converters = [t.dialect_impl(dialect).bind_processor(dialect) for t in types]
         self.shapes: dict[tuple[bool, ...], str] = {}
 
-    def statement(self, rows: list[dict[str, Any]]) -> tuple[str, tuple[Any, ...]]:
-        """The SQL and parameters inserting ``rows`` (for a ``WITH`` query after ``new``)."""
+    def statement(self, values: list[Any]) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and parameters inserting rows given as ``values``: one sequence per
+        column, in column order."""
         values = [
-            [convert(row[column]) for row in rows] if convert else [row[column] for row in rows]
-            for column, convert in zip(self.columns, self.converters, strict=True)
+            list(map(convert, column)) if convert else column
+            for column, convert in zip(values, self.converters, strict=True)
         ]
-        # The workflow's id is always an array: unnest has one, and ``only_new`` reads it.
         same = tuple(
-            name != self.KEY and column.count(column[0]) == len(column)
-            for name, column in zip(self.columns, values, strict=True)
+            not keyed and column.count(column[0]) == len(column)
+            for keyed, column in zip(self.arrayed, values, strict=True)
         )
         sql = self.shapes.get(same)
         if sql is None:
-            insert = _from_arrays(self.target, self.quoted, self.types, same)
-            sql = self.shapes[same] = insert + self.only_new
+            sql = self.shapes[same] = self._sql(same)
         ones = [column[0] for column, one in zip(values, same, strict=True) if one]
-        arrays = [column for column, one in zip(values, same, strict=True) if not one]
+        arrays = [list(column) for column, one in zip(values, same, strict=True) if not one]
         return sql, (*ones, *arrays)
+
+    def _sql(self, same: tuple[bool, ...]) -> str:
+        """The insert with the columns flagged in ``same`` as one value for every row
+        (their parameters come first, then the arrays)."""
+        shaped = list(zip(self.columns, self.types, same, strict=True))
+        picks = [f"%b::{_element_type(t)}" if one else f"v.{c}" for c, t, one in shaped]
+        casts = ", ".join(f"%b::{_element_type(t)}[]" for _, t, one in shaped if not one)
+        names = ", ".join(c for c, _, one in shaped if not one)
+        return (
+            f"INSERT INTO {self.target} ({', '.join(self.columns)}) "
+            f"SELECT {', '.join(picks)} FROM unnest({casts}) AS v({names}){self.suffix}"
+        )
 
 
 _COLUMNAR: dict[tuple[str, str, tuple[str, ...]], _ColumnarInsert] = {}
 
 
 def _columnar(name: str, build: Any, schema: str, columns: tuple[str, ...]) -> _ColumnarInsert:
-    """PostgreSQL: the insert for DBOS's statement ``name`` naming ``columns``, made once."""
+    """PostgreSQL: the insert of DBOS's statement ``name`` for rows naming ``columns``
+    (made once), of those rows whose workflow id is among the executions inserted by
+    the same statement (``new``, see ``insert_and_enqueue``). ``ON CONFLICT`` is left
+    out: every row is a new execution's run."""
     insert = _COLUMNAR.get((schema, name, columns))
     if insert is None:
+        from sqlalchemy.dialects import postgresql
+
+        table = build().table
+        quote = postgresql.dialect().identifier_preparer.quote
+        key = "workflow_uuid"
+        if key not in columns:
+            raise RuntimeError(f"DBOS's {table.name} rows no longer name {key}")
         insert = _COLUMNAR[(schema, name, columns)] = _ColumnarInsert(
-            build().table, columns, schema
+            f"{quote(schema)}.{quote(table.name)}",
+            tuple(quote(column) for column in columns),
+            [table.c[column].type for column in columns],
+            key=quote(key),
+            suffix=f" WHERE v.{quote(key)} IN (SELECT id FROM new)",
         )
     return insert
 
@@ -245,19 +252,22 @@ def insert_and_enqueue(
     """
     from pagerduty_connector.runtime.durable import enqueue_options
 
-    values = [sql.row(row_values) for _, row_values, _ in rows]
-    params: list[Any] = list(map(list, zip(*values, strict=True)))
+    assert sql.columnar is not None
+    by_column = list(zip(*(values for _, values, _ in rows), strict=True))
+    statement, first = sql.columnar.statement(by_column)
+    params = list(first)
     runs = [enqueue_options(row_id, placement) for row_id, _, placement in rows if placement]
     if not runs:
-        return sql.insert_arrays, tuple(params)
+        return statement, first
     schema = queue._sys_db.schema
-    queries = [f"new AS ({sql.insert_arrays})"]
+    queries = [f"new AS ({statement})"]
     for name, (build, caught) in dbos_rows(connection, queue, runs).items():
         # DBOS names the same columns for every run queued here; grouped all the same,
         # so a row naming others could not lose a column.
         for columns, group in itertools.groupby(caught, key=tuple):
-            statement, more = _columnar(name, build, schema, columns).statement(list(group))
-            queries.append(f"q{len(queries)} AS ({statement})")
+            by_column = list(zip(*(row.values() for row in group), strict=True))
+            insert, more = _columnar(name, build, schema, columns).statement(by_column)
+            queries.append(f"q{len(queries)} AS ({insert})")
             params.extend(more)
     return "WITH " + ", ".join(queries) + " SELECT id FROM new", tuple(params)
 
@@ -306,7 +316,8 @@ def _on_postgresql(
     """Run a batch on psycopg's connection: the insert alone in autocommit (one
     statement, one round trip: psycopg would send BEGIN and COMMIT as two more), with
     updates in a transaction."""
-    raw.autocommit = True
+    if not raw.autocommit:
+        raw.autocommit = True
     inserted: set[str] = set()
     with raw.cursor() as cursor, raw.transaction() if updates else contextlib.nullcontext():
         if insert:
