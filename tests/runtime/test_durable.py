@@ -307,9 +307,10 @@ def test_at_start_only_executions_without_a_queued_run_are_queued(
 def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
     durable_api: TestClient,
 ) -> None:
-    """The writer's ``apply_batch``: five new executions queue five runs, each run's rows
-    as DBOS's own enqueue writes them; a redelivery queues nothing. SQLite: a statement
-    per table (executions, DBOS's status, its inputs); PostgreSQL: one in all."""
+    """The writer's ``apply_batch``: five new executions queue five runs in two
+    partitions, each run's rows as DBOS's own enqueue writes them; a redelivery queues
+    nothing. SQLite: a statement per table (executions, DBOS's status, its inputs);
+    PostgreSQL: one in all."""
     import psycopg
     from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
@@ -334,10 +335,10 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
             return super().execute(query, *args, **kwargs)
 
     # A queue no process polls, so the runs stay as queued for the look below.
-    place = ("test-unpolled", partition("acme", "on-incident"))
+    places = [("test-unpolled", partition("acme", flow)) for flow in ("on-incident", "other")]
     columns = [c.name for c in ExecutionRow.__table__.columns]
 
-    def execution(webhook_id: str) -> tuple[str, list[Any], tuple[str, str]]:
+    def execution(webhook_id: str, place: tuple[str, str]) -> tuple[str, list[Any], Any]:
         values = {
             "id": new_id(),
             **{"instance_id": "acme", "flow": "on-incident", "webhook_id": webhook_id},
@@ -346,10 +347,10 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
         }
         return values["id"], [values.get(name) for name in columns], place
 
-    batch = [execution(f"wh-{n}") for n in range(5)]
+    batch = [execution(f"wh-{n}", places[n % 2]) for n in range(5)]
     ids = [row_id for row_id, _, _ in batch]
-    redelivered = execution("wh-0")
-    by_dbos = new_id()
+    redelivered = execution("wh-0", places[0])
+    by_dbos = {place: new_id() for place in places}
     schema = "" if on_sqlite else "dbos."
     try:
         queue = enqueuer("", settings.secret_key, engine=engine)
@@ -361,7 +362,8 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
             assert len(statements) == (3 if on_sqlite else 1), statements
             assert apply_batch(connection, sql, queue, [redelivered], []) == set()
         with engine.connect() as connection, connection.begin():
-            queue.enqueue_in_transaction(connection, enqueue_options(by_dbos, place))
+            for place, dbos_id in by_dbos.items():
+                queue.enqueue_in_transaction(connection, enqueue_options(dbos_id, place))
         with engine.connect() as connection:
             rows = {
                 table: {
@@ -373,14 +375,15 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
     finally:
         engine.dispose()
     status = rows["workflow_status"]
-    assert sorted(status) == sorted([*ids, by_dbos])
-    assert {(status[i]["status"], status[i]["queue_partition_key"]) for i in ids} == {
-        ("ENQUEUED", "acme/on-incident")
-    }
-    # Every column as DBOS itself writes it, but the id, the times of writing and the
-    # token DBOS draws for each enqueue.
+    assert sorted(status) == sorted([*ids, *by_dbos.values()])
+    assert [(status[i]["status"], status[i]["queue_partition_key"]) for i in ids] == [
+        ("ENQUEUED", f"acme/{flow}") for flow in ("on-incident", "other") * 3
+    ][:5]
+    # Every column as DBOS itself writes it for a run of the same partition, but the id,
+    # the times of writing and the token DBOS draws for each enqueue (its own per run).
     differ = {"workflow_uuid", "created_at", "updated_at", "retention_timestamp", "creator_xid"}
     for table, written in rows.items():
-        expected = {k: v for k, v in written[by_dbos].items() if k not in differ}
-        for i in ids:
+        for (_, _, place), i in zip(batch, ids, strict=True):
+            expected = {k: v for k, v in written[by_dbos[place]].items() if k not in differ}
             assert {k: v for k, v in written[i].items() if k not in differ} == expected, table
+    assert len({row["creator_xid"] for row in status.values()}) == len(status)
