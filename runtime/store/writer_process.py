@@ -212,6 +212,8 @@ def dbos_rows(
     from dbos._utils import generate_uuid
 
     system = queue._sys_db
+    if not hasattr(system, "_execute_prepared"):  # before DBOS could write on its own
+        raise RuntimeError("this DBOS has no _execute_prepared: pin dbos>=3.4,<4")
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     latest: dict[str, dict[str, Any]] = {}
 
@@ -229,6 +231,8 @@ def dbos_rows(
             if first is None:
                 latest.clear()
                 queue.enqueue_in_transaction(connection, options)
+                if not latest:
+                    raise RuntimeError("DBOS wrote a run's rows without _execute_prepared")
                 built[shape] = dict(latest)
                 continue
             for name, row in first.items():

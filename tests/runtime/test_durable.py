@@ -304,6 +304,21 @@ def test_at_start_only_executions_without_a_queued_run_are_queued(
     assert notes.call_count == 2  # the lost run's note; the first run was not run again
 
 
+def _execution(webhook_id: str, place: tuple[str, str]) -> tuple[str, list[Any], Any]:
+    """A new execution as the writer process takes it: id, column values, its run's place."""
+    from pagerduty_connector.runtime.store import new_id
+    from pagerduty_connector.runtime.store.models import ExecutionRow
+
+    values = {
+        "id": new_id(),
+        **{"instance_id": "acme", "flow": "on-incident", "webhook_id": webhook_id},
+        **{"status": "received", "received_body": "{}", "headers": {}, "trigger": {}},
+        **{"response_status": 202, "steps": [], "received_at": now()},
+    }
+    columns = [c.name for c in ExecutionRow.__table__.columns]
+    return values["id"], [values.get(name) for name in columns], place
+
+
 def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
     durable_api: TestClient,
 ) -> None:
@@ -336,20 +351,9 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
 
     # A queue no process polls, so the runs stay as queued for the look below.
     places = [("test-unpolled", partition("acme", flow)) for flow in ("on-incident", "other")]
-    columns = [c.name for c in ExecutionRow.__table__.columns]
-
-    def execution(webhook_id: str, place: tuple[str, str]) -> tuple[str, list[Any], Any]:
-        values = {
-            "id": new_id(),
-            **{"instance_id": "acme", "flow": "on-incident", "webhook_id": webhook_id},
-            **{"status": "received", "received_body": "{}", "headers": {}, "trigger": {}},
-            **{"response_status": 202, "steps": [], "received_at": now()},
-        }
-        return values["id"], [values.get(name) for name in columns], place
-
-    batch = [execution(f"wh-{n}", places[n % 2]) for n in range(5)]
+    batch = [_execution(f"wh-{n}", places[n % 2]) for n in range(5)]
     ids = [row_id for row_id, _, _ in batch]
-    redelivered = execution("wh-0", places[0])
+    redelivered = _execution("wh-0", places[0])
     by_dbos = {place: new_id() for place in places}
     schema = "" if on_sqlite else "dbos."
     try:
@@ -387,3 +391,44 @@ def test_a_batch_and_its_runs_go_in_one_statement_per_table_or_one_in_all(
             expected = {k: v for k, v in written[by_dbos[place]].items() if k not in differ}
             assert {k: v for k, v in written[i].items() if k not in differ} == expected, table
     assert len({row["creator_xid"] for row in status.values()}) == len(status)
+
+
+def test_without_dbos_hand_off_a_batch_fails_and_writes_nothing(
+    durable_api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should DBOS lose the method the writer catches its rows at, a batch that queues runs
+    fails before DBOS could write them on its own (in autocommit, apart from their
+    executions): no execution, no run."""
+    from dbos._sys_db import SystemDatabase
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from pagerduty_connector.runtime.durable import enqueuer, partition
+    from pagerduty_connector.runtime.store.models import ExecutionRow
+    from pagerduty_connector.runtime.store.writer_process import Statements, apply_batch
+
+    settings = durable_api.app.state.engine.settings  # type: ignore[attr-defined]
+    url = system_database_url(settings.resolved_database_url())
+    engine = create_engine(url, poolclass=NullPool)
+    schema = "" if engine.dialect.name == "sqlite" else "dbos."
+    row_id, values, place = _execution("wh-lost", ("test-unpolled", partition("acme", "x")))
+    monkeypatch.delattr(SystemDatabase, "_execute_prepared")
+    try:
+        queue = enqueuer("", settings.secret_key, engine=engine)
+        sql = Statements(ExecutionRow.__table__, engine.dialect.name == "sqlite")
+        with (
+            engine.connect() as connection,
+            pytest.raises(RuntimeError, match="_execute_prepared"),
+        ):
+            apply_batch(connection, sql, queue, [(row_id, values, place)], [])
+        with engine.connect() as connection:
+            found = [
+                connection.execute(text(query), {"id": row_id}).scalar()
+                for query in (
+                    "SELECT count(*) FROM executions WHERE id = :id",
+                    f"SELECT count(*) FROM {schema}workflow_status WHERE workflow_uuid = :id",
+                )
+            ]
+    finally:
+        engine.dispose()
+    assert found == [0, 0]
