@@ -246,11 +246,40 @@ def dbos_rows(
 
 
 def enqueue_all(connection: Connection, queue: DBOSClient, runs: list[Any]) -> None:
-    """SQLite: queue ``runs`` in ``connection``'s transaction with one statement per
-    DBOS table for the whole batch (DBOS's own, as one ``executemany``), instead of
-    DBOS's two per run."""
-    for build, rows in dbos_rows(connection, queue, runs).values():
-        connection.execute(build(), rows)
+    """SQLite: queue ``runs`` in ``connection``'s transaction with one ``executemany``
+    per DBOS table for the whole batch, instead of DBOS's two statements per run."""
+    for name, (build, caught) in dbos_rows(connection, queue, runs).items():
+        for columns, group in itertools.groupby(caught, key=tuple):
+            sql, converters = _plain_insert(connection, name, build, columns)
+            rows = [
+                tuple(f(v) if f else v for f, v in zip(converters, row.values(), strict=True))
+                for row in group
+            ]
+            connection.exec_driver_sql(sql, rows)
+
+
+_PLAIN: dict[tuple[str, tuple[str, ...]], tuple[str, list[Any]]] = {}
+
+
+def _plain_insert(
+    connection: Connection, name: str, build: Any, columns: tuple[str, ...]
+) -> tuple[str, list[Any]]:
+    """SQLite: a plain ``INSERT`` for DBOS's statement ``name`` naming ``columns``, and
+    each column's bind processor (made once)."""
+    made = _PLAIN.get((name, columns))
+    if made is None:
+        dialect = connection.dialect
+        table = build().table
+        quote = dialect.identifier_preparer.quote
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+            f"VALUES ({', '.join('?' * len(columns))})"
+        )
+        converters = [
+            table.c[column].type.dialect_impl(dialect).bind_processor(dialect) for column in columns
+        ]
+        made = _PLAIN[(name, columns)] = (sql, converters)
+    return made
 
 
 def insert_new(connection: Connection, sql: Statements, rows: list[Row]) -> set[str]:
