@@ -154,8 +154,14 @@ class ExecutionWriter:
         while self._pending and len(self._sent) < IN_FLIGHT:
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
+            try:
+                data = frame(self._prepare(batch))
+            except Exception as exc:  # a value pickle refuses: its batch's callers learn it
+                self._settle(batch, exc, set())
+                continue
+            # Answers come in the order batches were sent: each settles the oldest.
             self._sent.append(batch)
-            child.send(frame(self._prepare(batch)))
+            child.send(data)
 
     def _prepare(self, batch: list[Waiting]) -> Any:
         """A batch as the writer process takes it: rows as column values in table order."""

@@ -172,6 +172,23 @@ async def test_a_dead_writer_process_is_replaced(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_a_batch_the_writer_cannot_send_fails_only_its_callers(tmp_path: Path) -> None:
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
+    await store.migrate()
+    writer = ExecutionWriter(store, Fernet.generate_key().decode())
+    await writer.start()
+    unsendable = {**_row("wh-1"), "headers": {"x": lambda: None}}  # pickle refuses it
+    with pytest.raises(Exception, match="pickle"):
+        await asyncio.wait_for(writer.record(unsendable), 10)
+    # The next batches are answered as their own: none takes the failed batch's answer.
+    again = asyncio.gather(writer.record(_row("wh-2")), writer.record(_row("wh-2")))
+    assert await asyncio.wait_for(again, 10) == [True, False]
+    stored = await asyncio.wait_for(writer.record(_row("wh-1")), 10)
+    assert stored is True  # the failed one was never stored
+    await writer.close()
+    await store.close()
+
+
 def test_the_writer_waits_for_a_locked_sqlite_database_in_short_steps() -> None:
     from sqlalchemy.exc import OperationalError
 
