@@ -70,12 +70,16 @@ class Statements:
         self.columnar: _ColumnarInsert | None = None
         if not is_sqlite:
             types = [c.type for c in table.columns]
-            self.columnar = _ColumnarInsert(
-                self.table, tuple(columns), types, key="id", suffix=self.conflict
-            )
             # JSON as text, by SQLAlchemy's JSON processor (psycopg's own dumper would
             # wrap each value first).
-            self.columnar.converters = self._in_order
+            self.columnar = _ColumnarInsert(
+                self.table,
+                tuple(columns),
+                types,
+                key="id",
+                suffix=self.conflict,
+                converters=self._in_order,
+            )
 
     def row(self, values: list[Any]) -> list[Any]:
         """One row's values, in column order, converted."""
@@ -125,13 +129,16 @@ class _ColumnarInsert:
         *,
         key: str,
         suffix: str = "",
+        converters: list[Any] | None = None,
     ) -> None:
         from sqlalchemy.dialects import postgresql
 
         dialect = postgresql.dialect()
         self.target, self.columns, self.types, self.suffix = target, columns, types, suffix
         self.arrayed = tuple(column == key for column in columns)
-        self.converters = [t.dialect_impl(dialect).bind_processor(dialect) for t in types]
+        self.converters = converters or [
+            t.dialect_impl(dialect).bind_processor(dialect) for t in types
+        ]
         self.shapes: dict[tuple[bool, ...], str] = {}
 
     def statement(self, values: list[Any]) -> tuple[str, tuple[Any, ...]]:
