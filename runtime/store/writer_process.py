@@ -211,7 +211,7 @@ def dbos_rows(
     queued with the same options but their id differ only in that id and in the token
     DBOS draws per enqueue (``creator_xid``; the times written are the batch's own), so
     DBOS builds the rows of the first run of each such shape, and the others copy them
-    (DBOS's Python was a third of the writer's work for a queued delivery).
+    (DBOS's Python was about a quarter of the writer's work for a queued batch).
     What DBOS would check on the returned row (a workflow id already used by another
     function) cannot happen: every run's id is a new execution's, inserted in the same
     transaction.
