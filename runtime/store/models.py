@@ -88,7 +88,8 @@ class ExecutionRow(Base):
     __tablename__ = "executions"
     __table_args__ = (UniqueConstraint("instance_id", "webhook_id", name="uq_execution_webhook"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
-    instance_id: Mapped[str] = mapped_column(String(100), index=True)
+    # No index of its own: uq_execution_webhook leads with it (migration 0006).
+    instance_id: Mapped[str] = mapped_column(String(100))
     flow: Mapped[str] = mapped_column(String(200))
     webhook_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)

@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.settings import load_settings
 from pagerduty_connector.runtime.store import (
+    Base,
     ConnectionRow,
     ExecutionRow,
     Store,
@@ -83,7 +84,21 @@ async def test_migrations_are_idempotent_and_secrets_are_sealed_at_rest(store: S
         rows = (await raw.execute(text("SELECT name, secrets FROM connections"))).all()
         revision = (await raw.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     assert rows[0][0] == "ops" and "SEKRIT" not in rows[0][1]
-    assert revision == ScriptDirectory.from_config(alembic_config()).get_current_head() == "0005"
+    assert revision == ScriptDirectory.from_config(alembic_config()).get_current_head() == "0006"
+
+
+async def test_the_migrated_tables_have_the_models_indexes(store: Store) -> None:
+    async with store.engine.connect() as raw:
+        indexes = await raw.run_sync(
+            lambda sync: {t: inspect(sync).get_indexes(t) for t in Base.metadata.tables}
+        )
+    for name, table in Base.metadata.tables.items():
+        # Unique constraints are compared by their own test (one execution per webhook).
+        declared = {(i.name, tuple(c.name for c in i.columns)) for i in table.indexes}
+        migrated = {(i["name"], tuple(i["column_names"])) for i in indexes[name] if not i["unique"]}
+        assert migrated == declared, name
+    # Lookups by instance use the unique index that leads with it, not one of their own.
+    assert "ix_executions_instance_id" not in {i["name"] for i in indexes["executions"]}
 
 
 async def test_one_execution_per_webhook_id(store: Store) -> None:
