@@ -14,10 +14,11 @@ import pytest
 import respx
 import yaml
 from sqlalchemy import text
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
-from pagerduty_connector.runtime.app import create_app
+from pagerduty_connector.runtime.app import Runtime, create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
 from pagerduty_connector.triggers.signature import sign
@@ -279,6 +280,85 @@ def test_webhook_errors(api: TestClient, subs: FakeSubscriptions) -> None:
     assert refused.status_code == 413 and "over 2 MB" in refused.json()["error"]["message"]
     assert api.get(path).status_code == 405
     assert api.get("/api/executions").json() == []
+
+
+def test_deliveries_answer_as_they_would_through_starlette(
+    api: TestClient, subs: FakeSubscriptions
+) -> None:
+    """Deliveries skip Starlette's middlewares and router (``Runtime``): every refusal,
+    and an error nothing foresaw, gets the answer Starlette's own path gives."""
+    make_connection(api)
+    api.post("/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]})
+    app = api.app
+    assert isinstance(app, Runtime)
+    path = "/webhooks/acme/on-incident"
+    body = json.dumps(EVENT).encode()
+    signed = sign(body, secret_for(subs, path))
+
+    async def answer(via: Any, path: str, body: bytes, headers: dict[str, str]) -> Any:
+        """Status, body and raised exception of one request through ``via``."""
+        sent: list[dict[str, Any]] = []
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+
+        async def receive() -> dict[str, Any]:
+            if body == b"reset":  # the sender went away mid-body: the server raises
+                raise ConnectionResetError("reset by peer")
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        raised = None
+        try:
+            await via(app, scope, receive, send)
+        except Exception as exc:
+            raised = type(exc)
+        content = b"".join(m.get("body", b"") for m in sent[1:])
+        return sent[0]["status"], content, raised
+
+    cases = [
+        (path, b"not json", {"X-PagerDuty-Signature": sign(b"not json", secret_for(subs, path))}),
+        (path, body, {"X-PagerDuty-Signature": "v1=" + "0" * 64}),
+        (path, body, {}),
+        ("/webhooks/acme/nope", body, {"X-PagerDuty-Signature": signed}),
+        ("/webhooks/nobody/on-incident", body, {"X-PagerDuty-Signature": signed}),
+        (path, body, {"Content-Length": str(3 * 1024 * 1024)}),
+        (path, b"reset", {"X-PagerDuty-Signature": signed}),
+    ]
+    portal = api.portal
+    assert portal is not None
+    for case in cases:
+        direct = portal.call(answer, Runtime.__call__, *case)
+        routed = portal.call(answer, Starlette.__call__, *case)
+        assert direct == routed, case
+        assert direct[0] in (400, 403, 404, 413, 500), (case, direct)
+    assert [portal.call(answer, Runtime.__call__, *case)[0] for case in cases] == [
+        400,
+        403,
+        400,
+        404,
+        404,
+        413,
+        500,
+    ]
+    assert portal.call(answer, Runtime.__call__, *cases[-1])[2] is ConnectionResetError
+    assert api.get("/api/executions").json() == []  # nothing refused was recorded
+    # Other shapes of path still go through the router.
+    assert api.post(f"{path}/more", content=body).status_code == 404
+    assert deliver(api, subs, path).status_code == 202
 
 
 def test_management_api_needs_the_admin_token(runtime_settings: RuntimeSettings, pd: Any) -> None:
