@@ -22,21 +22,24 @@ _AUTH_VALUE = re.compile(r"(Token token=|Bearer )[^\s\"',}]+")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+# The registered secrets, longest first (so a secret containing another is masked
+# whole), made at registration rather than sorted again for every text redacted.
+_longest_first: tuple[str, ...] = ()
 
 
 def register_secret(value: str | None) -> None:
     """Remember ``value`` so it is masked wherever it would be printed."""
-    if value and len(value) >= 4:
+    global _longest_first
+    if value and len(value) >= 4 and value not in _secrets:
         with _lock:
             _secrets.add(value)
+            _longest_first = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """Return ``text`` with registered secrets and auth header values masked."""
     text = _AUTH_VALUE.sub(lambda m: m.group(1) + MASK, text)
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for s in secrets:
+    for s in _longest_first:
         if s in text:
             text = text.replace(s, MASK)
     return text
