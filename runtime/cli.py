@@ -50,6 +50,9 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level="info",
+        # The loop the runtime is tested and measured on, even where uvloop is installed
+        # (uvicorn would pick it): DBOS runs its workflows on this loop.
+        loop="asyncio",
     )
 
 

@@ -15,7 +15,7 @@ import asyncio
 import collections
 import pickle
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.runtime.store.models import ExecutionRow
@@ -55,8 +55,10 @@ class _Child(asyncio.SubprocessProtocol):
         much is unanswered)."""
         assert self.transport is not None
         pipe = self.transport.get_pipe_transport(0)
-        assert isinstance(pipe, asyncio.WriteTransport)
-        pipe.write(data)
+        if pipe is None:
+            raise RuntimeError("the writer process's stdin is closed")
+        # Not an isinstance check: uvloop's pipe transports do not derive from asyncio's.
+        cast("asyncio.WriteTransport", pipe).write(data)
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
         if fd != 1:
@@ -191,7 +193,13 @@ class ExecutionWriter:
             pending, self._pending = self._pending, []
             self._settle(pending, exc, set())
             return
-        child.send(frame(self._hello))
+        try:
+            child.send(frame(self._hello))
+        except Exception as exc:  # its callers learn it rather than wait for ever
+            child.kill()
+            pending, self._pending = self._pending, []
+            self._settle(pending, exc, set())
+            return
         self._child = child
         if child.gone:  # it died while starting, before it was ours to replace
             self._lost(child)

@@ -236,3 +236,23 @@ def test_the_writer_waits_for_a_locked_sqlite_database_in_short_steps() -> None:
     with pytest.raises(OperationalError, match="locked"):  # until the limit, then it fails
         _patiently(always_locked, limit=0.05)
     assert 0.05 <= time.monotonic() - started < 1
+
+
+def test_the_writer_runs_under_uvloop(tmp_path: Path) -> None:
+    """An app embedded in a server on uvloop: its pipe transports are not asyncio's."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def record_twice() -> list[bool]:
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
+        await store.migrate()
+        writer = ExecutionWriter(store, Fernet.generate_key().decode())
+        try:
+            return [
+                await asyncio.wait_for(writer.record(_row("wh-1")), 30),
+                await asyncio.wait_for(writer.record(_row("wh-1")), 30),
+            ]
+        finally:
+            await writer.close()
+            await store.close()
+
+    assert uvloop.run(record_twice()) == [True, False]
