@@ -179,6 +179,7 @@ class ExecutionWriter:
 
     async def _start_child(self) -> None:
         loop = asyncio.get_running_loop()
+        child: _Child | None = None
         try:
             _, child = await loop.subprocess_exec(
                 lambda: _Child(self._answered, self._lost),
@@ -189,14 +190,10 @@ class ExecutionWriter:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,
             )
-        except Exception as exc:
-            pending, self._pending = self._pending, []
-            self._settle(pending, exc, set())
-            return
-        try:
             child.send(frame(self._hello))
         except Exception as exc:  # its callers learn it rather than wait for ever
-            child.kill()
+            if child is not None:
+                child.kill()
             pending, self._pending = self._pending, []
             self._settle(pending, exc, set())
             return
