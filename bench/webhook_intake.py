@@ -1,9 +1,10 @@
 """Benchmark: signed webhook intake under uvicorn against a bare Starlette endpoint.
 
-Both servers are started the same way (uvicorn, one process, no access log) on
-127.0.0.1 in the same run. The runtime deploys an instance against a local
-PagerDuty stand-in, so its deliveries carry real ``X-PagerDuty-Signature``
-headers under the secret that deploy received. The runtime serves as
+Both servers are started the same way (uvicorn, one process, no access log,
+asyncio's event loop as under ``pdc serve``) on 127.0.0.1 in the same run. The
+runtime deploys an instance against a local PagerDuty stand-in, so its
+deliveries carry real ``X-PagerDuty-Signature`` headers under the secret that
+deploy received. The runtime serves as
 ``PDC_ROLE=web`` (verify, record, enqueue, answer) and its flows run in separate
 ``pdc serve --role worker`` processes, started only for the phase that runs
 flows: on a machine of a few cores, runs going on at the same time would measure
@@ -139,7 +140,11 @@ def _serve(kind: str, port: int) -> None:
             return JSONResponse({"status": "received"}, status_code=202)
 
         app = Starlette(routes=[Route("/webhooks/{instance}/{flow}", accept, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # Both on asyncio's loop, the one ``pdc serve`` runs on (uvicorn would pick uvloop
+    # where it is installed, as it is with the dev extras).
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="asyncio"
+    )
 
 
 def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
