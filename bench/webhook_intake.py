@@ -65,6 +65,7 @@ from pagerduty_connector.component.standin.server import (
     free_port,
     serve,
 )
+from pagerduty_connector.runtime.cli import LOOP
 from pagerduty_connector.runtime.worker import READY, READY_ENV
 from pagerduty_connector.triggers.signature import sign
 
@@ -140,11 +141,9 @@ def _serve(kind: str, port: int) -> None:
             return JSONResponse({"status": "received"}, status_code=202)
 
         app = Starlette(routes=[Route("/webhooks/{instance}/{flow}", accept, methods=["POST"])])
-    # Both on asyncio's loop, the one ``pdc serve`` runs on (uvicorn would pick uvloop
-    # where it is installed, as it is with the dev extras).
-    uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="asyncio"
-    )
+    # Both on the loop ``pdc serve`` runs on (uvicorn would pick uvloop where it is
+    # installed, as it is with the dev extras).
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=LOOP)
 
 
 def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -12,6 +12,10 @@ import click
 from pagerduty_connector.component.cli import app, fail
 from pagerduty_connector.component.errors import ComponentError
 
+# The event loop the runtime is served, tested and measured on, even where uvloop is
+# installed (uvicorn would pick it): DBOS runs its workflows on this loop.
+LOOP = "asyncio"
+
 
 @app.command()
 @click.option("--host", help="Interface (default PDC_HOST).")
@@ -50,9 +54,7 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         host=host or settings.host,
         port=port if port is not None else settings.port,
         log_level="info",
-        # The loop the runtime is tested and measured on, even where uvloop is installed
-        # (uvicorn would pick it): DBOS runs its workflows on this loop.
-        loop="asyncio",
+        loop=LOOP,
     )
 
 
