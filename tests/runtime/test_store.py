@@ -240,7 +240,7 @@ def test_the_writer_waits_for_a_locked_sqlite_database_in_short_steps() -> None:
 
 def test_the_writer_runs_under_uvloop(tmp_path: Path) -> None:
     """An app embedded in a server on uvloop: its pipe transports are not asyncio's."""
-    uvloop = pytest.importorskip("uvloop")
+    import uvloop  # a dev dependency: missing, the test fails rather than skips
 
     async def record_twice() -> list[bool]:
         store = Store(f"sqlite+aiosqlite:///{tmp_path / 'pdc.db'}")
