@@ -19,10 +19,10 @@ from pagerduty_connector.component.manifest import (
     render_schema,
     resolve_refs,
 )
-from tests.support import SHARED
+from tests.support import DATA
 from tests.support.manifests import action_of, raw_manifest
 
-REFERENCE = SHARED / "reference"
+REFERENCE = DATA / "reference"
 # Reference examples that are not valid values (JavaScript, not JSON) and were made valid.
 FIXED_EXAMPLES = {("rawRequest", "formData"), ("rawRequest", "fileData"), ("rawRequest", "headers")}
 # Reference examples we replaced: a URL from another API.

@@ -5,5 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# The product documents and PagerDuty's OpenAPI specs sit beside the checkout.
-SHARED = REPO.parent / "shared"
+# What the tests read (PagerDuty's OpenAPI documents, the reference interface), kept
+# in the repository with its source named in tests/data/README.md.
+DATA = REPO / "tests" / "data"

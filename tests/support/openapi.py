@@ -1,6 +1,6 @@
 """Validate captured httpx requests against PagerDuty's official OpenAPI documents.
 
-The specs are read from ``../shared/pagerduty/`` (or ``$PAGERDUTY_SPEC_DIR``) as
+The specs are read from ``tests/data/pagerduty/`` (or ``$PAGERDUTY_SPEC_DIR``) as
 published, and checked with openapi-core. Known defects of the published
 documents are handled here, narrowly, each with a comment.
 """
@@ -21,9 +21,9 @@ from openapi_core.configurations import Config
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from tests.support import SHARED
+from tests.support import DATA
 
-SPEC_DIR = Path(os.environ.get("PAGERDUTY_SPEC_DIR") or SHARED / "pagerduty")
+SPEC_DIR = Path(os.environ.get("PAGERDUTY_SPEC_DIR") or DATA / "pagerduty")
 REST_SPEC = SPEC_DIR / "rest-openapiv3.json"
 EVENTS_SPEC = SPEC_DIR / "events-v2-openapiv3.json"
 
