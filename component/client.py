@@ -28,6 +28,8 @@ ACCEPT = "application/vnd.pagerduty+json;version=2"
 REST_URLS = {"us": "https://api.pagerduty.com", "eu": "https://api.eu.pagerduty.com"}
 EVENTS_URLS = {"us": "https://events.pagerduty.com/v2", "eu": "https://events.eu.pagerduty.com/v2"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Transport failures that happen before any byte of the request is written.
+NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)
 USER_AGENT = "pagerduty-connector/0.1 (+httpx2)"
 
 Base = Literal["rest", "events"]
@@ -147,6 +149,18 @@ def _retry_after(response: httpx2.Response) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _origin(url: httpx2.URL) -> str:
+    """Where a request went, without its path or query: ``https://api.pagerduty.com``."""
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
+def _why(exc: httpx2.TransportError) -> str:
+    """A transport failure in a few words: its kind and the system's reason."""
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
 def error_from_response(response: httpx2.Response, method: str, path: str) -> PagerDutyError:
@@ -307,10 +321,14 @@ class PagerDutyClient:
             try:
                 response = await self._http.send(request, auth=auth or httpx2.USE_CLIENT_DEFAULT)
             except httpx2.TransportError as exc:
-                not_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
+                # Refused, unresolvable, or no connection in time: nothing was written.
+                not_sent = isinstance(exc, NOT_SENT)
                 retryable = method in IDEMPOTENT or not_sent or policy.retry_all_errors
                 error = PagerDutyError(
-                    f"could not reach PagerDuty ({type(exc).__name__})", method=method, path=path
+                    f"could not reach PagerDuty at {_origin(request.url)} ({_why(exc)})",
+                    method=method,
+                    path=path,
+                    sent=not not_sent,
                 )
                 delay = policy.backoff(attempt)
             else:

@@ -46,7 +46,9 @@ class PagerDutyError(ComponentError):
 
     ``status`` is the HTTP status (``None`` when no response arrived), ``code`` and
     ``errors`` come from PagerDuty's error body (``{"error": {"code", "message",
-    "errors"}}``) when it has one.
+    "errors"}}``) when it has one. ``sent`` is ``False`` only when the request provably
+    never left (the connection was refused, the name did not resolve, connecting timed
+    out): sending it again cannot do anything twice, whatever its method.
     """
 
     def __init__(
@@ -59,8 +61,10 @@ class PagerDutyError(ComponentError):
         method: str | None = None,
         path: str | None = None,
         body: Any = None,
+        sent: bool = True,
     ) -> None:
         self.message = message
+        self.sent = sent
         self.status = status
         self.code = code
         self.errors = list(errors or [])

@@ -367,10 +367,12 @@ def placement(instance_id: str, flow: str, key: str | None) -> tuple[str, str]:
 
 
 def retryable(error: ComponentError, method: str | None) -> bool:
-    """429 always; 5xx and network failures unless a POST may already have taken effect."""
+    """429 always, and a request that provably never left (refused, unresolvable, no
+    connection in time) whatever its method; 5xx and other network failures unless a
+    POST may already have taken effect."""
     if not isinstance(error, PagerDutyError):
         return False
-    if error.status == 429:
+    if error.status == 429 or not error.sent:
         return True
     sent_safely = (method or error.method or "GET").upper() != "POST"
     return sent_safely and (error.status is None or error.status >= 500)

@@ -173,6 +173,26 @@ async def test_post_not_retried_after_the_request_was_sent(
     assert route.call_count == 1
 
 
+@pytest.mark.parametrize(
+    ("failure", "sent"),
+    [
+        (httpx2.ConnectError("[Errno 111] Connection refused"), False),
+        (httpx2.ConnectTimeout("timed out"), False),
+        (httpx2.ReadTimeout("slow"), True),
+        (httpx2.RemoteProtocolError("peer closed"), True),
+    ],
+)
+async def test_an_error_says_whether_the_request_may_have_left(
+    pd: respx.MockRouter, run: Callable[..., Any], failure: Exception, sent: bool
+) -> None:
+    pd.post(f"{REST}/incidents/PT4KHLK/notes").mock(side_effect=failure)
+    with pytest.raises(PagerDutyError) as caught:
+        await run("createIncidentNote", {"id": "PT4KHLK", "note": "On it"})
+    assert caught.value.sent is sent
+    # The person reading it learns where the runtime was trying to go, and why not.
+    assert f"could not reach PagerDuty at {REST} ({type(failure).__name__}: " in str(caught.value)
+
+
 async def test_retry_budget_bounds_total_wait(
     pd: respx.MockRouter, run: Callable[..., Any], clock: FakeClock
 ) -> None:

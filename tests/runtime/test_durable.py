@@ -18,6 +18,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
+from pagerduty_connector.component.client import ClientSettings, RetryPolicy
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.durable import SealedSerializer, system_database_url
@@ -85,6 +86,51 @@ def test_a_post_that_failed_with_a_5xx_is_not_sent_again(
     record = run_once(durable_api, subs)
     assert record["status"] == "failed"
     assert note.call_count == 1  # it may have been applied: no duplicate note
+    assert [a["ok"] for a in record["steps"][1]["attempts"]] == [False]
+
+
+@pytest.fixture
+def quick_api(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> Iterator[TestClient]:
+    """The runtime with no waits between retries, the client's or the workflow's."""
+    settings = settings_for(database_url, tmp_path, step_attempts=3, step_backoff=0)
+    client = ClientSettings(retry=RetryPolicy(base_delay=0, jitter=False))
+    with TestClient(create_app(settings, client_settings=client), headers=AUTH) as api:
+        deploy_acme(api)
+        yield api
+
+
+REFUSED = httpx2.ConnectError("[Errno 111] Connection refused")
+
+
+def test_a_post_that_never_left_is_sent_again_until_it_lands_once(
+    quick_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """PagerDuty unreachable (connection refused) for longer than the client's own six
+    tries: the workflow tries the POST again, since it provably never left."""
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    created = httpx2.Response(201, json={"note": {"id": "N1"}})
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=[REFUSED] * 8 + [created])
+    record = run_once(quick_api, subs)
+    assert record["status"] == "succeeded", record
+    assert note.call_count == 9  # 8 refused connections, then the one note PagerDuty got
+    attempts = record["steps"][1]["attempts"]
+    assert [a["ok"] for a in attempts] == [False, True]
+    assert "could not reach PagerDuty at https://api.pagerduty.com" in attempts[0]["error"]
+    assert "Connection refused" in attempts[0]["error"]
+
+
+def test_a_post_cut_off_mid_request_is_not_sent_again(
+    quick_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").mock(
+        side_effect=httpx2.ReadError("connection reset by peer")
+    )
+    record = run_once(quick_api, subs)
+    assert record["status"] == "failed"
+    assert note.call_count == 1  # PagerDuty may have made the note: no second one
     assert [a["ok"] for a in record["steps"][1]["attempts"]] == [False]
 
 
