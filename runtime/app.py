@@ -17,7 +17,7 @@ from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.component.registry import check_implementations
 from pagerduty_connector.runtime.engine import started
-from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS
+from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS, error_response
 from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.routes.webhooks import receive_webhook
 from pagerduty_connector.runtime.settings import RuntimeSettings
@@ -40,6 +40,11 @@ class Runtime(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a delivery directly; anything else as Starlette does."""
+        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
+            # No name or filter holds a NUL, and PostgreSQL refuses one in any text.
+            refused = error_response(400, "HTTPError", "the URL holds a NUL character (%00)")
+            await refused(scope, receive, send)
+            return
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             parts = scope["path"].split("/")
             if len(parts) == 4 and parts[1] == "webhooks" and parts[2] and parts[3]:

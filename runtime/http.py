@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from pagerduty_connector.component.documents import DocumentError, load_json, load_yaml
+
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.engine import Engine
 
 RowT = TypeVar("RowT")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def engine_of(request: Request) -> Engine:
@@ -26,24 +25,50 @@ def engine_of(request: Request) -> Engine:
     return request.app.state.engine
 
 
+# The largest body the management API reads: an instance of many flows is tens of KB.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 413 as soon as it passes ``limit`` bytes (it is never read
+    whole into memory past that)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body is over {limit // 1024} KB")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is over {limit // 1024} KB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object (or YAML, when sent as ``application/yaml``), or a 400."""
-    raw = await request.body() or b"{}"
-    if "yaml" in request.headers.get("content-type", ""):
-        try:
-            body = yaml.load(raw, Loader=_YAML_LOADER)
-        except yaml.YAMLError as exc:
-            raise HTTPException(400, f"request body is not YAML: {exc}") from None
-        kind = "YAML mapping"
-    else:
-        try:
-            body = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(400, f"request body is not JSON: {exc.msg}") from None
-        kind = "JSON object"
+    """The request's JSON object (or YAML, when sent as ``application/yaml``), checked to
+    be plain JSON within bounds (``component/documents.py``); a 400 naming what is wrong."""
+    raw = await read_body(request) or b"{}"
+    as_yaml = "yaml" in request.headers.get("content-type", "")
+    kind = "YAML mapping" if as_yaml else "JSON object"
+    try:
+        body = load_yaml(raw) if as_yaml else load_json(raw)
+    except DocumentError as exc:
+        hint = "" if as_yaml else _yaml_hint(raw)
+        raise HTTPException(400, f"request body: {exc}{hint}") from None
     if not isinstance(body, dict):
         raise HTTPException(400, f"request body must be a {kind}")
     return body
+
+
+def _yaml_hint(raw: bytes) -> str:
+    """A hint when a body that is not JSON reads as a YAML mapping: its content type."""
+    try:
+        looks_like_yaml = isinstance(load_yaml(raw), dict)
+    except DocumentError:
+        return ""
+    return (
+        "; it reads as YAML: send it with Content-Type: application/yaml" if looks_like_yaml else ""
+    )
 
 
 def parse(model: type[ModelT], body: dict[str, Any]) -> ModelT:

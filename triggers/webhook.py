@@ -10,12 +10,12 @@ reference's example payload shows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pagerduty_connector.component.client import PagerDutyClient
+from pagerduty_connector.component.documents import DocumentError, load_json
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.inputs import CleanedInputs
 from pagerduty_connector.component.registry import trigger
@@ -79,9 +79,9 @@ class WebhookTrigger:
     def output(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         """Return ``{"event": {...}, "headers": {...}}`` or raise ``InputError``."""
         try:
-            document = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(self.key, "body", f"is not JSON ({exc})") from None
+            document = load_json(body)
+        except DocumentError as exc:
+            raise InputError(self.key, "body", str(exc)) from None
         event = document.get("event") if isinstance(document, dict) else None
         if not isinstance(event, dict) or not isinstance(event.get("event_type"), str):
             raise InputError(self.key, "body", "is not a PagerDuty V3 webhook event")

@@ -5,6 +5,7 @@ and renders a Jinja2 template; forms that change something carry the CSRF token.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from pagerduty_connector.component.documents import DocumentError, load_yaml
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.runtime.console.api import ApiError, call
 from pagerduty_connector.runtime.console.editor import locate_error
@@ -273,12 +275,15 @@ async def editor(request: Request) -> Response:
         return form
     text = form.get("yaml", "")
     try:
-        document = yaml.safe_load(text)
+        document = load_yaml(text)
         if not isinstance(document, dict):
-            raise ValueError("the document must be a mapping with name, connection and flows")
-    except (yaml.YAMLError, ValueError) as exc:
-        problem = {"line": getattr(getattr(exc, "problem_mark", None), "line", None)}
-        problem["message"] = f"Not valid YAML: {exc}"
+            raise DocumentError("the document must be a mapping with name, connection and flows")
+    except DocumentError as exc:
+        said = str(exc).removeprefix("not YAML: ")
+        line = re.match(r"line (\d+),", said)
+        # At the end of the text (an unclosed bracket), the last line is the one to fix.
+        at = min(int(line[1]) - 1, text.count("\n")) if line else None
+        problem = {"line": at, "message": f"Not valid YAML: {said}"}
         return _editor(request, text, name, problem)
     target = name or str(document.get("name", ""))
     try:

@@ -44,6 +44,16 @@ class ConnectionIn(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class ConnectionUpdateIn(BaseModel):
+    """A change to a connection: new input values (a rotated key, say). ``name`` and
+    ``type`` may be sent back as read, but cannot change."""
+
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    type: str | None = None
+
+
 def connection_view(engine: Engine, row: ConnectionRow) -> dict[str, Any]:
     """A connection as the API shows it: secrets masked, never returned."""
     secret_keys = engine.box.open(row.secrets).keys()
@@ -160,14 +170,18 @@ async def update_connection(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     row = await find_connection(engine, request.path_params["ref"])
-    body = await json_body(request)
+    change = parse(ConnectionUpdateIn, await json_body(request))
+    for field in ("name", "type"):
+        given = getattr(change, field)
+        if given is not None and given != getattr(row, field):
+            raise InputError("connection", field, f"cannot change ({getattr(row, field)!r})")
     declared = next(c for c in engine.manifest.connections if c.key == row.type)
     keys = {i.key for i in declared.inputs}
     stored_secrets = engine.box.open(row.secrets)
     merged = {
         **{k: v for k, v in row.config.items() if k in keys},
         **{k: v for k, v in stored_secrets.items() if k in keys},
-        **(body.get("config") or {}),
+        **change.config,
     }
     plain, secrets = split_connection_inputs(engine, row.type, merged)
     # Tokens from consent and the consent status are not inputs; they stay as they are.

@@ -26,9 +26,21 @@ from pagerduty_connector.runtime.deploy import (
 )
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow
-from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse, row_or_404
+from pagerduty_connector.runtime.http import (
+    engine_of,
+    json_body,
+    listed,
+    parse,
+    read_body,
+    row_or_404,
+)
 from pagerduty_connector.runtime.routes.connections import NAME, find_connection
-from pagerduty_connector.runtime.routes.webhooks import flow_of, json_answer, record
+from pagerduty_connector.runtime.routes.webhooks import (
+    MAX_WEBHOOK_BYTES,
+    flow_of,
+    json_answer,
+    record,
+)
 from pagerduty_connector.runtime.store import (
     InstanceRow,
     SubscriptionRow,
@@ -231,6 +243,6 @@ async def test_flow(request: Request) -> JSONResponse:
     params = request.path_params
     engine.intake.forget(params["name"])
     target, flow = await flow_of(engine, params["name"], params["flow"])
-    body = await request.body()
+    body = await read_body(request, MAX_WEBHOOK_BYTES)
     output = TRIGGERS[flow["trigger"]["type"]].output(body, {})
     return json_answer(await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output))

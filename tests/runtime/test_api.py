@@ -264,9 +264,9 @@ def test_webhook_errors(api: TestClient, subs: FakeSubscriptions) -> None:
     # Correctly signed, so each 400 comes from the body itself, not the signature.
     secret = secret_for(subs, path)
     for body, problem in (
-        (b"not json", "is not JSON"),
+        (b"not json", "not JSON: Expecting value (line 1, column 1)"),
         (b'{"messages": []}', "is not a PagerDuty V3 webhook event"),
-        (b"\xff\xfe", "is not JSON"),
+        (b"\xff\xfe", "not UTF-8 text (byte 0)"),
     ):
         answer = api.post(path, content=body, headers={"X-PagerDuty-Signature": sign(body, secret)})
         assert answer.status_code == 400, (body, answer.text)

@@ -134,8 +134,18 @@ def test_the_editor_shows_a_deploy_error_at_the_line_it_names(
     assert flagged and int(flagged.group(1)) == line
     assert "createIncidentNot" in answer.text  # the text is kept for fixing
     assert console.get("/api/instances", headers=AUTH).json() == []  # nothing deployed
-    not_yaml = console.post("/console/instances/new", data={"yaml": "flows: [", "csrf": csrf})
-    assert "Not valid YAML" in not_yaml.text
+    not_yaml = console.post(
+        "/console/instances/new", data={"yaml": "name: x\nflows: [\n  a: b", "csrf": csrf}
+    )
+    assert "Not valid YAML: line 4, column 1: did not find expected" in not_yaml.text
+    assert "unicode string" not in not_yaml.text
+    flagged = re.search(r'id="flagged-line"[^>]*>(\d+)<', not_yaml.text)
+    assert flagged and int(flagged.group(1)) == 3  # the last line: the list is not closed
+    # What JSON cannot say is refused here as in the API, before anything is sent.
+    dated = console.post(
+        "/console/instances/new", data={"yaml": "name: x\nphoto: !!binary aGk=", "csrf": csrf}
+    )
+    assert "Not valid YAML: line 2, column 8: binary values are not JSON values" in dated.text
 
 
 def test_locate_error_walks_to_the_flow_step_and_input() -> None:
