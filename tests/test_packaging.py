@@ -32,6 +32,10 @@ from tests.support import REPO
 from tests.support.processes import finished, wait_until
 from tests.support.runtime import EVENT
 
+# One worker builds and installs: the build writes into the checkout (build/, *.egg-info),
+# and two workers building at once broke each other's build.
+pytestmark = pytest.mark.xdist_group("packaging")
+
 ROOT = "pagerduty_connector"
 DIST = "pagerduty-connector"
 
