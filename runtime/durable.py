@@ -338,6 +338,22 @@ class Durable:
                 execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
             )
 
+    async def retry_point(self, execution: ExecutionRow) -> int:
+        """The DBOS step a retry of ``execution`` starts from (the steps before it keep
+        their recorded outputs): the first attempt of the flow step that failed; else,
+        for a run that failed between attempts (a template, the database, a fault of
+        ours), the first DBOS step that recorded an error, or the one after the last
+        step recorded, so that nothing that reached PagerDuty is sent again."""
+        failed = next((s for s in execution.steps or [] if s.get("status") == "failed"), None)
+        attempts = (failed or {}).get("attempts") or []
+        if attempts:
+            return int(attempts[0]["checkpoint"])
+        recorded = await DBOS.list_workflow_steps_async(execution.id)
+        errored = [s["function_id"] for s in recorded if s["error"] is not None]
+        if errored:
+            return min(errored)
+        return max((s["function_id"] for s in recorded), default=-1) + 1
+
     async def drain(self) -> None:
         """Wait until no execution is unfinished (tests, and operators before an upgrade);
         ``TimeoutError`` after ``DRAIN_LIMIT`` seconds."""
@@ -427,6 +443,14 @@ async def call_action(
             "retryable": retryable(exc, method.method if method else None),
             "checkpoint": DBOS.step_id,
         }
+    except Exception as exc:  # a fault of ours: the step fails, with why, and is not retried
+        log.exception("step %s of execution %s failed unexpectedly", action, DBOS.workflow_id)
+        return {
+            "ok": False,
+            "error": redact(f"unexpected error: {type(exc).__name__}: {exc}"),
+            "retryable": False,
+            "checkpoint": DBOS.step_id,
+        }
     return {"ok": True, "result": result, "checkpoint": DBOS.step_id}
 
 
@@ -469,10 +493,16 @@ async def run_execution() -> str:
         await engine.finish(execution_id, "failed", error="the instance or flow no longer exists")
         return "failed"
     await mark_started(execution_id)
-    flow = Flow.model_validate(plan["flow"])
-    status, records = await run_flow(
-        flow, engine.manifest, plan["trigger"], lambda step, inputs: attempt(plan, step, inputs)
-    )
+    try:
+        flow = Flow.model_validate(plan["flow"])
+        status, records = await run_flow(
+            flow, engine.manifest, plan["trigger"], lambda step, inputs: attempt(plan, step, inputs)
+        )
+    except Exception as exc:  # a fault of ours: the run still ends, and says why
+        log.exception("execution %s failed unexpectedly", execution_id)
+        error = redact(f"the run failed unexpectedly: {type(exc).__name__}: {exc}")
+        await engine.finish(execution_id, "failed", error=error)
+        return "failed"
     for record in records:
         tries = plan.get("attempts", {}).get(record["name"])
         if tries:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -97,7 +97,14 @@ def _compiled(value: str) -> Callable[[dict[str, Any]], Any]:
     match = _SINGLE.match(value)
     if match:
         expression = _env.compile_expression(match.group("expr"), undefined_to_none=False)
-        return lambda scope: expression(**scope)
+
+        def evaluate(scope: dict[str, Any]) -> Any:
+            result = expression(**scope)
+            if isinstance(result, Undefined):
+                str(result)  # a StrictUndefined says what is missing, as UndefinedError
+            return result
+
+        return evaluate
     template = _env.from_string(value)
     return lambda scope: template.render(**scope)
 
@@ -170,15 +177,49 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     return warnings
 
 
-def render(value: Any, scope: dict[str, Any]) -> Any:
-    """Render templates inside ``value``; a lone expression keeps its type."""
+class TemplateFailed(InputError):
+    """A step input's template failed at run time: it refers to something the run does
+    not have, or its expression raised. The message names the flow and step, the input
+    (and where inside it), the template and Jinja's reason."""
+
+
+def render(value: Any, scope: dict[str, Any], where: str = "") -> Any:
+    """Render templates inside ``value``; a lone expression keeps its type, and one that
+    names nothing (``{{ trigger.event.data.nope }}``) raises ``UndefinedError`` rather
+    than passing Jinja's ``Undefined`` on. Errors carry ``where`` inside the value."""
     if isinstance(value, dict):
-        return {k: render(v, scope) for k, v in value.items()}
+        return {k: render(v, scope, f"{where}.{k}" if where else k) for k, v in value.items()}
     if isinstance(value, list):
-        return [render(v, scope) for v in value]
+        return [render(v, scope, f"{where}[{n}]") for n, v in enumerate(value)]
     if not isinstance(value, str) or not _is_template(value):
         return value
-    return _compiled(value)(scope)
+    try:
+        return _compiled(value)(scope)
+    except _RenderFailed:
+        raise
+    except Exception as exc:  # whatever a template raises (sandbox, range, arithmetic)
+        raise _RenderFailed(where, value, exc) from None
+
+
+class _RenderFailed(Exception):
+    """Carries a failed template, and where in an input it was, up to ``render_input``."""
+
+    def __init__(self, where: str, template: str, cause: Exception) -> None:
+        self.where, self.template, self.cause = where, template, cause
+
+
+def render_input(owner: str, key: str, value: Any, scope: dict[str, Any]) -> Any:
+    """One step input rendered; ``TemplateFailed`` naming ``owner`` (flow.step), the input,
+    where inside it, the template and why."""
+    try:
+        return render(value, scope)
+    except _RenderFailed as failed:
+        inside = f" at {failed.where}" if failed.where else ""
+        template = failed.template if len(failed.template) <= 120 else failed.template[:117] + "..."
+        reason = f"{type(failed.cause).__name__}: {failed.cause}"
+        raise TemplateFailed(
+            owner, key, f"template {template!r}{inside} failed: {reason}"
+        ) from None
 
 
 def _redacted_inputs(manifest: Manifest, action: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -210,12 +251,13 @@ async def run_flow(
     for step in flow.steps:
         record: dict[str, Any] = {"name": step.name, "action": step.action}
         started = time.perf_counter()
+        owner = f"{flow.name}.{step.name}"
         try:
-            if step.when and not render("{{" + step.when + "}}", scope):
+            if step.when and not render_input(owner, "when", "{{" + step.when + "}}", scope):
                 record["status"] = "skipped"
                 records.append(record)
                 continue
-            inputs = render(step.inputs, scope)
+            inputs = {k: render_input(owner, k, v, scope) for k, v in step.inputs.items()}
             record["inputs"] = _redacted_inputs(manifest, step.action, inputs)
             result = await run_step(step, inputs)
             scope["steps"][step.name] = result
@@ -240,6 +282,6 @@ def concurrency_key(flow: dict[str, Any], trigger_output: dict[str, Any]) -> str
     try:
         key = render(template, {"trigger": trigger_output, "steps": {}})
         text = "" if key is None else str(key)
-    except (TemplateError, TypeError, ValueError):
+    except _RenderFailed:
         return None
     return text or None

@@ -113,33 +113,28 @@ async def run_test_step(request: Request) -> JSONResponse:
     return JSONResponse({"result": result})
 
 
-def _failed_checkpoint(row: ExecutionRow) -> int:
-    """The DBOS step a retry starts from: the first attempt of the step that failed."""
-    if row.status != "failed":
-        raise HTTPException(
-            409, f"execution '{row.id}' is {row.status}: only a failed one is retried"
-        )
-    failed = next((s for s in row.steps if s.get("status") == "failed"), None)
-    attempts = (failed or {}).get("attempts") or []
-    if not attempts:
-        raise HTTPException(
-            409, f"execution '{row.id}' failed before any step ran: replay it instead"
-        )
-    return int(attempts[0]["checkpoint"])
+RETRYABLE = ("failed", "cancelled")
 
 
 async def retry_execution(request: Request) -> JSONResponse:
     """
-    summary: Retry a failed execution from its failed step (earlier steps keep their outputs)
+    summary: Retry an ended, unsucceeded execution from where it failed (earlier steps keep
+      their outputs and are not sent again)
     responses:
       202: {description: the new execution, which points at the original (retryOf)}
       404: {description: no such execution}
-      409: {description: the execution has not failed, or failed before any step ran}
+      409: {description: the execution is still running, succeeded, or was skipped}
     """
     engine = engine_of(request)
     async with engine.store.session() as db:
         original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
-    checkpoint = _failed_checkpoint(original)
+    if original.status not in RETRYABLE:
+        advice = {
+            "skipped": f"it was skipped ({original.reason}): replay it to run its event",
+            "succeeded": "it succeeded: replay it to run its event again",
+        }.get(original.status, "it has not ended yet")
+        raise HTTPException(409, f"execution '{original.id}' is {original.status}: {advice}")
+    checkpoint = await engine.durable.retry_point(original)
     received = now()
     retry = {
         column.name: getattr(original, column.key) for column in ExecutionRow.__table__.columns

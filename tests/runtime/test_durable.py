@@ -206,7 +206,7 @@ def test_retry_and_replay_are_linked_to_the_original(
     assert retry["steps"][1]["result"]["data"] == {"note": {"id": "N1"}}
 
     again = durable_api.post(f"/api/executions/{retry['id']}/retry")
-    assert again.status_code == 409 and "only a failed one is retried" in again.text
+    assert again.status_code == 409 and "succeeded: replay it to run its event again" in again.text
 
     replayed = durable_api.post(f"/api/executions/{failed['id']}/replay")
     assert replayed.status_code == 202, replayed.text
@@ -478,3 +478,48 @@ def test_without_dbos_hand_off_a_batch_fails_and_writes_nothing(
     finally:
         engine.dispose()
     assert found == [0, 0]
+
+
+def test_a_step_whose_input_renders_to_nothing_ends_its_run_failed_and_can_be_retried(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """Measured before: the execution stayed ``running`` for good, through a restart, and
+    Retry answered 409. Now the step fails naming its input and template, the run ends,
+    stays ended after a restart, and a retry starts after the steps that succeeded."""
+    settings = settings_for(database_url, tmp_path)
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    steps = [
+        FLOW["steps"][0],
+        {
+            **FLOW["steps"][1],
+            "inputs": {
+                "id": "{{ steps.incident.data.incident.id }}",
+                "note": "{{ trigger.event.data.nope }}",
+            },
+        },
+    ]
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        deploy_acme(api, [{**FLOW, "steps": steps}])
+        answer = deliver(api, subs, PATH, "renders-nothing")
+        drain(api)
+        execution = answer.json()["execution"]
+        record = api.get(f"/api/executions/{execution}").json()
+        assert record["status"] == "failed"
+        assert record["error"] == (
+            "TemplateFailed: on-incident.note: input 'note': template "
+            "'{{ trigger.event.data.nope }}' failed: UndefinedError: 'dict object' has no "
+            "attribute 'nope'"
+        )
+        assert [s["status"] for s in record["steps"]] == ["succeeded", "failed"]
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        drain(api)  # nothing is left unfinished to resume
+        assert api.get(f"/api/executions/{execution}").json()["status"] == "failed"
+        retried = api.post(f"/api/executions/{execution}/retry")
+        assert retried.status_code == 202, retried.text
+        drain(api)
+        retry = api.get(f"/api/executions/{retried.json()['execution']}").json()
+        # The same flow, so the same failure; the first step was not asked for again.
+        assert retry["status"] == "failed" and retry["error"] == record["error"]
+        assert retry["steps"][0]["result"] == record["steps"][0]["result"]
+    assert (get.call_count, note.call_count) == (1, 0)

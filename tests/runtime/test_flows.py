@@ -14,8 +14,10 @@ from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.runtime.flows import (
     Flow,
+    TemplateFailed,
     concurrency_key,
     render,
+    render_input,
     run_flow,
     validate_flow,
 )
@@ -65,10 +67,14 @@ def test_a_lone_expression_keeps_its_type() -> None:
 
 
 def test_templates_are_sandboxed_and_strict() -> None:
-    with pytest.raises(SecurityError):
-        render("{{ ''.__class__.__mro__ }}", {})
-    with pytest.raises(UndefinedError, match="has no attribute 'nope'"):
-        render("{{ trigger.nope.deeper }}", {"trigger": {}})
+    with pytest.raises(TemplateFailed, match=f"failed: {SecurityError.__name__}: access to"):
+        render_input("f.s", "id", "{{ ''.__class__.__mro__ }}", {})
+    with pytest.raises(TemplateFailed, match=f"{UndefinedError.__name__}: .* no attribute 'nope'"):
+        render_input("f.s", "id", "{{ trigger.nope.deeper }}", {"trigger": {}})
+    # A lone expression naming nothing raises too, rather than passing Jinja's Undefined on.
+    with pytest.raises(TemplateFailed, match="no attribute 'nope'"):
+        render_input("f.s", "id", "{{ trigger.nope }}", {"trigger": {}})
+    assert render("{{ trigger.there }}", {"trigger": {"there": None}}) is None
 
 
 def test_valid_flow_passes(manifest: Manifest) -> None:
@@ -275,3 +281,67 @@ def test_a_concurrency_key_is_a_template_over_the_trigger(manifest: Manifest) ->
         keyed.concurrencyKey = bad
         with pytest.raises(InputError, match=problem):
             validate_flow(keyed, manifest)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "named"),
+    [
+        (
+            {"id": "{{ trigger.event.data.nope }}"},
+            "demo.get: input 'id': template '{{ trigger.event.data.nope }}' failed: "
+            "UndefinedError: 'dict object' has no attribute 'nope'",
+        ),
+        (
+            {"id": "P{{ range(10**9) | length }}"},
+            "demo.get: input 'id': template 'P{{ range(10**9) | length }}' failed: OverflowError: "
+            "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).",
+        ),
+        (
+            {"id": "P1", "include": ["{{ 1 // 0 }}"]},
+            "demo.get: input 'include': template '{{ 1 // 0 }}' at [0] failed: "
+            "ZeroDivisionError: integer division or modulo by zero",
+        ),
+        (
+            {"id": {"deep": {"inside": "{{ steps.missing.id }}"}}},
+            "demo.get: input 'id': template '{{ steps.missing.id }}' at deep.inside failed: "
+            "UndefinedError: 'dict object' has no attribute 'missing'",
+        ),
+    ],
+)
+async def test_a_template_that_fails_at_run_time_fails_its_step_naming_it(
+    manifest: Manifest, inputs: dict[str, Any], named: str
+) -> None:
+    """The step fails (nothing is sent) with the flow, step, input, where inside it, the
+    template and Jinja's reason; the run ends as failed instead of hanging."""
+    sent: list[dict[str, Any]] = []
+
+    async def step_runner(step: Any, rendered: dict[str, Any]) -> dict[str, Any]:
+        sent.append(rendered)
+        return {"data": {}}
+
+    demo = flow([{"name": "get", "action": "getIncident", "inputs": inputs}])
+    demo.name = "demo"
+    status, records = await run_flow(demo, manifest, TRIGGER, step_runner)
+    assert status == "failed" and sent == []
+    assert records[0]["status"] == "failed"
+    assert records[0]["error"] == f"TemplateFailed: {named}"
+
+
+async def test_a_when_that_fails_at_run_time_fails_its_step(manifest: Manifest) -> None:
+    demo = flow(
+        [
+            {
+                "name": "get",
+                "action": "getIncident",
+                "inputs": {"id": "P1"},
+                "when": "trigger.event.data.nope > 3",
+            }
+        ]
+    )
+
+    async def never(step: Any, rendered: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("a step whose when failed must not run")
+
+    status, records = await run_flow(demo, manifest, TRIGGER, never)
+    assert status == "failed"
+    assert "input 'when': template '{{trigger.event.data.nope > 3}}' failed" in records[0]["error"]
