@@ -55,6 +55,9 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         port=port if port is not None else settings.port,
         log_level="info",
         loop=LOOP,
+        # A stop waits this long for open requests (a deploy waiting on PagerDuty), then
+        # as long again for the steps in flight.
+        timeout_graceful_shutdown=int(settings.stop_grace),
     )
 
 

@@ -19,16 +19,19 @@ runtime's Fernet key by ``SealedSerializer``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import random
+import time
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
 from dbos import DBOS, DBOSClient, EnqueueOptions, SetEnqueueOptions, SetWorkflowID
 from dbos._serialization import Serializer
-from sqlalchemy import select, update
+from sqlalchemy import column, select, table, update
 from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
@@ -40,8 +43,11 @@ from pagerduty_connector.runtime.store import (
     InstanceRow,
     now,
 )
+from pagerduty_connector.runtime.store.outage import patiently, unavailable, why
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from dbos import Queue
 
     from pagerduty_connector.runtime.engine import Engine
@@ -158,10 +164,29 @@ def checkpoint_engine(url: str) -> Any:
 
 
 DRAIN_LIMIT = 120.0
+# A pending run this process has had no task for, for this long, is resumed (seconds).
+ORPHAN_AGE = 15.0
+# A recorded execution whose run is not queued this long after it was received is queued
+# (seconds): a retry is recorded, then forked, and the two must not race.
+LOST_AFTER = 30.0
+# Executions looked at per sweep.
+SWEEP_BATCH = 200
+# DBOS statuses of a workflow that has ended.
+ENDED = ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
+UNFINISHED = ("received", "running")
 
 
 class StepFailed(ComponentError):
     """A flow step failed for good (after its retries); the message says why."""
+
+
+class RunSuspended(asyncio.CancelledError):
+    """A run stopped where it was because the database could not take its checkpoint.
+
+    Raised as a cancellation, for which DBOS records nothing: the workflow stays pending
+    and is resumed from its last checkpoint once the database is back. (An error would
+    be recorded as the workflow's end, which DBOS cannot resume.)
+    """
 
 
 class _StoppedRuns(logging.Filter):
@@ -180,6 +205,13 @@ class Durable:
         self.queue: Queue | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._checkpoints: Any = None
+        # The runs going on in this process now (their workflow ids), and those of them
+        # that a stop need not wait for: at a step boundary, or asleep between tries.
+        self.live: set[str] = set()
+        self.parked: set[str] = set()
+        self.stopping = False
+        # Pending runs of this executor seen without a task here at the last sweep.
+        self._unowned: set[str] = set()
 
     async def start(self) -> None:
         """Launch DBOS (recovering this executor's unfinished workflows) and the queues;
@@ -238,6 +270,7 @@ class Durable:
             dbos_log.addFilter(_StoppedRuns())
         for stop in getattr(instance, "background_thread_stop_events", []):
             stop.set()
+        await self._let_steps_finish(self.engine.settings.stop_grace)
         interrupted: set[asyncio.Task[Any]] = set()
         for _ in range(3):
             await asyncio.sleep(self.engine.settings.queue_polling_interval)
@@ -259,6 +292,46 @@ class Durable:
         if self._checkpoints is not None:  # ours, so DBOS leaves it open
             self._checkpoints.dispose()
         _engine = None
+
+    async def _let_steps_finish(self, grace: float) -> None:
+        """A planned stop: no run here starts another step (``between_steps`` parks it),
+        and the steps in flight get up to ``grace`` seconds to finish and be checkpointed,
+        so the runs resume after them and nothing is sent twice. Only a step still
+        running when the time is up is cut (and sent again at the resume)."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        busy = self.live - self.parked
+        if busy:
+            log.info("stopping: %d runs finish the step they are in (up to %g s)", len(busy), grace)
+        while busy and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            busy = self.live - self.parked
+        if busy:
+            log.warning(
+                "%d runs were still in a step after %g s (PDC_STOP_GRACE): that step is cut "
+                "and runs again when the run resumes",
+                len(busy),
+                grace,
+            )
+
+    async def between_steps(self, execution_id: str) -> None:
+        """Return at once, unless the process is stopping: then wait here, at a checkpoint,
+        until the stop cancels the run (it resumes from this point)."""
+        if not self.stopping:
+            return
+        self.parked.add(execution_id)
+        await asyncio.Event().wait()
+
+    @contextlib.asynccontextmanager
+    async def resting(self, execution_id: str) -> AsyncIterator[None]:
+        """A durable sleep between tries: a stop need not wait for its end (DBOS recorded
+        when it wakes, and a resumed run sleeps until then)."""
+        self.parked.add(execution_id)
+        try:
+            yield
+        finally:
+            self.parked.discard(execution_id)
 
     async def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
         """Queue the workflow of a recorded execution (idempotent: its id is the
@@ -322,13 +395,94 @@ class Durable:
         return resumed
 
     async def _watch(self) -> None:
+        outage = False
         while True:
             await asyncio.sleep(self.engine.settings.heartbeat_interval)
             try:
                 await self.beat()
                 await self.take_over()
-            except Exception:  # a failed beat is retried at the next one
-                log.exception("heartbeat or take-over failed")
+                if self.engine.settings.runs_flows:
+                    await self.sweep()
+            except Exception as exc:  # tried again at the next beat
+                if not unavailable(exc):
+                    log.exception("heartbeat, take-over or sweep failed")
+                elif not outage:
+                    log.warning("heartbeat: the database is unavailable (%s)", why(exc))
+                outage = outage or unavailable(exc)
+                continue
+            if outage:
+                log.info("heartbeat: the database is back")
+                outage = False
+
+    async def sweep(self) -> None:
+        """Leave no execution unfinished with nothing running it: settle the executions
+        whose run ended without saying so, resume this process's runs left pending with
+        no task, queue the records whose run was never queued."""
+        await self.settle_ended()
+        await self.resume_orphans()
+        await self.engine.requeue_unfinished(older_than=LOST_AFTER)
+
+    async def settle_ended(self) -> list[str]:
+        """Record the end of executions still ``received``/``running`` whose workflow has
+        ended (an error DBOS recorded, a cancellation, an end whose record could not be
+        written); their ids."""
+        workflows = table(
+            "workflow_status",
+            column("workflow_uuid"),
+            column("status"),
+            schema=None if self.engine.store.is_sqlite else "dbos",
+        )
+        query = (
+            select(ExecutionRow.id)
+            .join(workflows, workflows.c.workflow_uuid == ExecutionRow.id)
+            .where(ExecutionRow.status.in_(UNFINISHED), workflows.c.status.in_(ENDED))
+            .limit(SWEEP_BATCH)
+        )
+        async with self.engine.store.session() as db:
+            ended = list((await db.execute(query)).scalars())
+        for execution_id in ended:
+            info = await DBOS.get_workflow_status_async(execution_id)
+            if info is None:
+                continue
+            if info.status == "SUCCESS" and info.output in ("succeeded", "failed"):
+                status, error = info.output, "its step records could not be written"
+            elif info.status == "CANCELLED":
+                status, error = "cancelled", "the run was cancelled"
+            else:
+                reason = info.error or info.status
+                status, error = (
+                    "failed",
+                    redact(f"the run stopped: {type(reason).__name__}: {reason}"),
+                )
+            log.warning("execution %s had ended without its record: %s", execution_id, error)
+            await self.engine.finish(execution_id, status, error=error)
+        return ended
+
+    async def resume_orphans(self) -> list[str]:
+        """Resume this executor's pending runs that have no task in this process (one
+        stopped because the database was away, or whose start failed inside DBOS); their
+        ids. A run counts as one only when no task had it at two sweeps in a row and it
+        has not changed for ``ORPHAN_AGE`` seconds, so a run starting now is never
+        resumed beside itself."""
+        me = self.engine.settings.executor
+        pending = await DBOS.list_workflows_async(
+            status="PENDING", executor_id=me, load_input=False, load_output=False
+        )
+        settled = (time.time() - ORPHAN_AGE) * 1000
+        unowned = {
+            run.workflow_id: run
+            for run in pending
+            if run.workflow_id not in self.live and (run.updated_at or 0) < settled
+        }
+        orphans = [unowned[i] for i in unowned.keys() & self._unowned]
+        self._unowned = set(unowned) - {run.workflow_id for run in orphans}
+        for run in orphans:
+            if run.workflow_id in self.live:  # it started meanwhile
+                continue
+            await DBOS.resume_workflow_async(run.workflow_id, queue_name=run.queue_name)
+        if orphans:
+            log.warning("resumed %d runs left pending with no task", len(orphans))
+        return [run.workflow_id for run in orphans]
 
     async def fork(self, execution_id: str, checkpoint: int, new_id: str, partition: str) -> None:
         """Run execution ``execution_id`` again as ``new_id`` from its DBOS step
@@ -361,7 +515,7 @@ class Durable:
         while rows := await self.engine.unfinished():
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{len(rows)} executions are still unfinished")
-            for execution_id, _, _ in rows:
+            for execution_id, *_ in rows:
                 try:
                     handle = await DBOS.retrieve_workflow_async(execution_id)
                     await handle.get_result()
@@ -398,9 +552,14 @@ def retryable(error: ComponentError, method: str | None) -> bool:
 async def load_plan(execution_id: str) -> dict[str, Any] | None:
     """What the execution runs: its trigger output and the flow as it is now."""
     engine = current()
-    async with engine.store.session() as db:
-        execution = await db.get(ExecutionRow, execution_id)
-        instance = await db.get(InstanceRow, execution.instance_id) if execution else None
+
+    async def read() -> tuple[ExecutionRow | None, InstanceRow | None]:
+        async with engine.store.session() as db:
+            execution = await db.get(ExecutionRow, execution_id)
+            instance = await db.get(InstanceRow, execution.instance_id) if execution else None
+            return execution, instance
+
+    execution, instance = await patiently(read, f"execution {execution_id}")
     if execution is None or instance is None:
         return None
     flows = {f["name"]: f for f in instance.flows}
@@ -419,7 +578,10 @@ async def load_plan(execution_id: str) -> dict[str, Any] | None:
 async def mark_started(execution_id: str) -> str:
     """Record that the execution started (once: a recovered run keeps the first time)."""
     started = now()
-    await current().writer.update(execution_id, {"status": "running", "started_at": started})
+    update = partial(
+        current().writer.update, execution_id, {"status": "running", "started_at": started}
+    )
+    await patiently(update, f"execution {execution_id}")
     return started.isoformat()
 
 
@@ -429,11 +591,13 @@ async def call_action(
 ) -> dict[str, Any]:
     """One attempt of one flow step; failures are returned, not raised, so each is kept."""
     engine = current()
+
+    async def read() -> ConnectionRow | None:
+        async with engine.store.session() as db:
+            return await db.get(ConnectionRow, connection_id)
+
     try:
-        connection = None
-        if connection_id:
-            async with engine.store.session() as db:
-                connection = await db.get(ConnectionRow, connection_id)
+        connection = await patiently(read, f"step {action}") if connection_id else None
         result = await engine.run_action(connection, action, inputs, urls)
     except ComponentError as exc:
         method = getattr(engine.manifest.runnable(action), "request", None)
@@ -443,7 +607,15 @@ async def call_action(
             "retryable": retryable(exc, method.method if method else None),
             "checkpoint": DBOS.step_id,
         }
-    except Exception as exc:  # a fault of ours: the step fails, with why, and is not retried
+    except Exception as exc:
+        if unavailable(exc):  # the database, not PagerDuty or the step (an OAuth refresh)
+            return {
+                "ok": False,
+                "error": redact(f"the database was unavailable: {why(exc)}"),
+                "retryable": True,
+                "checkpoint": DBOS.step_id,
+            }
+        # A fault of ours: the step fails, with why, and is not retried.
         log.exception("step %s of execution %s failed unexpectedly", action, DBOS.workflow_id)
         return {
             "ok": False,
@@ -456,9 +628,12 @@ async def call_action(
 
 async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> dict[str, Any]:
     """Run a flow step, retrying retryable failures with backoff; raise ``StepFailed``."""
-    settings = current().settings
+    engine = current()
+    settings = engine.settings
+    execution_id = DBOS.workflow_id or ""
     tries: list[dict[str, Any]] = []
     for number in range(1, settings.step_attempts + 1):
+        await engine.durable.between_steps(execution_id)
         outcome = await call_action(plan["connection"], step.action, inputs, plan["urls"])
         tries.append(
             {
@@ -474,7 +649,8 @@ async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> d
         if not outcome["retryable"] or number == settings.step_attempts:
             raise StepFailed(outcome["error"])
         delay = min(settings.step_backoff * 2 ** (number - 1), settings.step_backoff_max)
-        await DBOS.sleep_async(random.uniform(delay / 2, delay))
+        async with engine.durable.resting(execution_id):
+            await DBOS.sleep_async(random.uniform(delay / 2, delay))
     raise AssertionError("unreachable")
 
 
@@ -488,21 +664,32 @@ async def run_execution() -> str:
     engine = current()
     execution_id = DBOS.workflow_id
     assert execution_id is not None
-    plan = await load_plan(execution_id)
-    if plan is None:
-        await engine.finish(execution_id, "failed", error="the instance or flow no longer exists")
-        return "failed"
-    await mark_started(execution_id)
+    engine.durable.live.add(execution_id)
     try:
+        plan = await load_plan(execution_id)
+        if plan is None:
+            error = "the instance or flow no longer exists"
+            await engine.finish(execution_id, "failed", error=error)
+            return "failed"
+        await mark_started(execution_id)
         flow = Flow.model_validate(plan["flow"])
         status, records = await run_flow(
             flow, engine.manifest, plan["trigger"], lambda step, inputs: attempt(plan, step, inputs)
         )
-    except Exception as exc:  # a fault of ours: the run still ends, and says why
+    except Exception as exc:
+        if unavailable(exc):
+            # DBOS could not write a checkpoint (its own retries cover a lost
+            # connection, not a full disk): stop here, as cancelled, so DBOS records
+            # nothing and the run resumes from its last checkpoint (``resume_orphans``).
+            log.warning("execution %s waits for the database: %s", execution_id, why(exc))
+            raise RunSuspended(execution_id) from None
         log.exception("execution %s failed unexpectedly", execution_id)
         error = redact(f"the run failed unexpectedly: {type(exc).__name__}: {exc}")
         await engine.finish(execution_id, "failed", error=error)
         return "failed"
+    finally:
+        engine.durable.live.discard(execution_id)
+        engine.durable.parked.discard(execution_id)
     for record in records:
         tries = plan.get("attempts", {}).get(record["name"])
         if tries:

@@ -13,6 +13,8 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -22,13 +24,13 @@ from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
 from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.component.manifest import Manifest
-from pagerduty_connector.component.redact import get_logger
+from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.deploy import DeployLocks
-from pagerduty_connector.runtime.durable import Durable
+from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition
 from pagerduty_connector.runtime.intake import IntakeCache
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import (
@@ -38,13 +40,13 @@ from pagerduty_connector.runtime.store import (
     now,
     select,
 )
+from pagerduty_connector.runtime.store.outage import patiently, why
 from pagerduty_connector.runtime.store.writer import ExecutionWriter
 from pagerduty_connector.runtime.tokens import TokenManager
 
 log = get_logger("engine")
-
-
-UNFINISHED = ("received", "running")
+# Seconds each readiness check (a database write, the writer's connection) may take.
+READINESS_LIMIT = 3.0
 
 
 class Engine:
@@ -72,6 +74,10 @@ class Engine:
         self.writer = ExecutionWriter(store, settings.secret_key or "")
         self.deploys = DeployLocks(store)
         self.durable = Durable(self)
+        self.started = False
+        self.stopping = False
+        self._readiness: asyncio.Future[dict[str, str]] | None = None
+        self._readiness_at = 0.0
 
     def webhook_url(self, instance_id: str, flow_name: str) -> str:
         """The public URL PagerDuty delivers a flow's webhooks to."""
@@ -147,14 +153,21 @@ class Engine:
             )
             return int((await db.execute(query)).scalar_one())
 
-    async def unfinished(self, *, unqueued: bool = False) -> list[tuple[str, str, str]]:
-        """(id, instance, flow) of the executions received or running, oldest first;
-        with ``unqueued``, only those DBOS holds no workflow for."""
+    async def unfinished(
+        self, *, unqueued: bool = False, older_than: float | None = None
+    ) -> list[tuple[str, str, str, str | None]]:
+        """(id, instance, flow, the execution it retries) of the executions received or
+        running, oldest first; with ``unqueued``, only those DBOS holds no workflow for;
+        with ``older_than``, only those received that many seconds ago or more."""
         query = (
-            select(ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow)
+            select(
+                ExecutionRow.id, ExecutionRow.instance_id, ExecutionRow.flow, ExecutionRow.retry_of
+            )
             .where(ExecutionRow.status.in_(UNFINISHED))
             .order_by(ExecutionRow.received_at)
         )
+        if older_than is not None:
+            query = query.where(ExecutionRow.received_at <= now() - timedelta(seconds=older_than))
         if unqueued:
             workflows = table(
                 "workflow_status",
@@ -168,13 +181,19 @@ class Engine:
         async with self.store.session() as db:
             return [tuple(row) for row in (await db.execute(query)).all()]  # type: ignore[misc]
 
-    async def requeue_unfinished(self) -> int:
+    async def requeue_unfinished(self, older_than: float | None = None) -> int:
         """Queue the unfinished executions DBOS has no workflow for (recorded before the
-        run was queued in the same transaction, or a retry whose fork was cut off); the
-        others DBOS resumes or dequeues itself."""
-        rows = await self.unfinished(unqueued=True)
-        for execution_id, instance_id, flow in rows:
-            await self.submit(execution_id, instance_id, flow)
+        run was queued in the same transaction, or a retry whose fork was cut off: it is
+        forked again, from the same step); the others DBOS resumes or dequeues itself."""
+        rows = await self.unfinished(unqueued=True, older_than=older_than)
+        for execution_id, instance_id, flow, retry_of in rows:
+            async with self.store.session() as db:
+                original = await db.get(ExecutionRow, retry_of) if retry_of else None
+            if original is None:
+                await self.submit(execution_id, instance_id, flow)
+                continue
+            point = await self.durable.retry_point(original)
+            await self.durable.fork(original.id, point, execution_id, partition(instance_id, flow))
         return len(rows)
 
     async def finish(
@@ -192,7 +211,9 @@ class Engine:
             failed = next((s for s in steps if s.get("status") == "failed"), None)
             error = error or (failed or {}).get("error")
         values["error"] = error
-        await self.writer.update(execution_id, values)
+        await patiently(
+            partial(self.writer.update, execution_id, values), f"execution {execution_id}"
+        )
 
     async def drain(self) -> None:
         """Wait for the executions this process queued (tests, graceful shutdown)."""
@@ -212,9 +233,40 @@ class Engine:
         count = await self.requeue_unfinished()
         if count:
             log.info("%d unfinished executions are queued", count)
+        self.started = True
+
+    async def readiness(self) -> dict[str, str]:
+        """What keeps this process from recording a delivery now, by part (empty: ready):
+        the engine not started or stopping, the database not taking a write (this
+        process's heartbeat row), the writer process without a working connection. Each
+        check has ``READINESS_LIMIT`` seconds; the answer is kept for a second and shared
+        by the probes asking meanwhile, so probes cannot load the database."""
+        loop = asyncio.get_running_loop()
+        if self._readiness is None or (
+            self._readiness.done() and loop.time() - self._readiness_at > 1.0
+        ):
+            self._readiness = asyncio.ensure_future(self._check_readiness())
+            self._readiness_at = loop.time()
+        return dict(await asyncio.shield(self._readiness))
+
+    async def _check_readiness(self) -> dict[str, str]:
+        if self.stopping:
+            return {"engine": "stopping"}
+        if not self.started:
+            return {"engine": "starting"}
+        problems: dict[str, str] = {}
+        for part, check in (("database", self.durable.beat), ("writer", self.writer.ping)):
+            try:
+                await asyncio.wait_for(check(), READINESS_LIMIT)
+            except TimeoutError:
+                problems[part] = f"no answer within {READINESS_LIMIT:g} s"
+            except Exception as exc:
+                problems[part] = redact(why(exc))
+        return problems
 
     async def shutdown(self) -> None:
         """Stop durable execution (unfinished runs resume at the next start) and the writer."""
+        self.stopping = True
         await self.durable.stop()
         await self.intake.stop()
         await self.writer.close()

@@ -10,6 +10,7 @@ entry too. Before refusing a delivery, intake reads the instance again (``refres
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,12 +26,15 @@ from pagerduty_connector.runtime.store import (
     SubscriptionRow,
     select,
 )
+from pagerduty_connector.runtime.store.outage import why
 
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.crypto import SecretBox
 
 log = get_logger("intake")
 CHANNEL = "pdc_intake"
+# Seconds between checks of the LISTEN connection (and its timeout).
+LISTEN_CHECK = 5.0
 EVERYTHING = "*"
 
 
@@ -55,16 +59,47 @@ class IntakeCache:
         # Bumped by every drop, so a read that started before a change is not kept.
         self._generation = 0
         self._listener: Any = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """On PostgreSQL, listen for other processes' changes."""
+        """On PostgreSQL, listen for other processes' changes, from now on and after every
+        reconnection (``_listen``)."""
         if self.store.is_sqlite:
             return
+        await self._connect()
+        self._listening = asyncio.create_task(self._listen())
+
+    async def _connect(self) -> None:
         import asyncpg
 
         dsn = make_url(self.store.url).set(drivername="postgresql")
-        self._listener = await asyncpg.connect(dsn.render_as_string(hide_password=False))
-        await self._listener.add_listener(CHANNEL, self._heard)
+        listener = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=5)
+        await listener.add_listener(CHANNEL, self._heard)
+        self._listener = listener
+
+    async def _listen(self) -> None:
+        """Keep the LISTEN connection: check it every ``LISTEN_CHECK`` seconds and, once it
+        is lost (a PostgreSQL restart, a dropped connection), connect again with backoff.
+        Changes announced while it was away were not heard, so every entry is dropped."""
+        delay = 0.5
+        while True:
+            await asyncio.sleep(LISTEN_CHECK if self._listener is not None else delay)
+            try:
+                if self._listener is not None:
+                    await asyncio.wait_for(self._listener.execute("SELECT 1"), LISTEN_CHECK)
+                    continue
+                await self._connect()
+            except Exception as exc:  # lost, refused, timed out: all mean connect again
+                if self._listener is not None:
+                    log.warning("intake stopped hearing changes (%s); reconnecting", why(exc))
+                    self._listener.terminate()
+                    self._listener = None
+                    delay = 0.5
+                else:
+                    delay = min(delay * 2, 5.0)
+                continue
+            log.info("intake hears changes again")
+            self.clear()
 
     def _heard(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self._drop(payload)
@@ -87,8 +122,13 @@ class IntakeCache:
 
     async def stop(self) -> None:
         """Stop listening."""
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
+            self._listening = None
         if self._listener is not None:
-            await self._listener.close()
+            with contextlib.suppress(Exception):  # a broken connection may not close cleanly
+                await asyncio.wait_for(self._listener.close(), 5)
             self._listener = None
 
     def forget(self, instance_id: str) -> None:

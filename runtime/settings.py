@@ -59,6 +59,13 @@ class RuntimeSettings(BaseSettings):
     step_attempts: int = Field(default=4, ge=1, le=20, description="Tries of a flow step.")
     step_backoff: float = Field(default=1.0, ge=0, description="First retry's delay (s).")
     step_backoff_max: float = Field(default=30.0, ge=0)
+    stop_grace: float = Field(
+        default=25.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, seconds the steps in flight have to finish before they are "
+        "cut (and sent again when their runs resume); open requests get as long.",
+    )
     role: Literal["all", "web", "worker"] = Field(
         default="all",
         description="all: serve and run flows; web: serve only (flows run in workers); "

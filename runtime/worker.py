@@ -40,9 +40,9 @@ READY_ENV = "PDC_WORKER_READY_FD"
 READY = b"R"
 # How long a serving process waits for its workers to be ready before it gives up.
 READY_LIMIT = 120.0
-# How long a stopping worker may take to stop its runs before it is killed (they resume
-# from their checkpoints either way).
-STOP_LIMIT = 30.0
+# How long a stopping worker may take, beyond its grace for the steps in flight, before
+# it is killed (its runs resume from their checkpoints either way).
+STOP_MARGIN = 15.0
 RESTART_DELAY = (1.0, 30.0)
 # How much lower the scheduling priority of the serving process's own workers is.
 NICENESS = 10
@@ -171,8 +171,9 @@ class FlowWorkers:
             delay = min(delay * 2, RESTART_DELAY[1])
 
     async def stop(self) -> None:
-        """Stop every worker: SIGTERM (their runs stop at a checkpoint), SIGKILL after
-        ``STOP_LIMIT`` seconds."""
+        """Stop every worker: SIGTERM (their steps in flight finish, then their runs stop
+        at a checkpoint), SIGKILL if one takes ``STOP_MARGIN`` seconds more than its
+        grace (``PDC_STOP_GRACE``)."""
         self._stopping = True
         # The keepers first, so none starts a worker after the ones below were signalled.
         for keeper in self._keepers:
@@ -182,7 +183,8 @@ class FlowWorkers:
         for process in running:
             process.terminate()
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), timeout=STOP_LIMIT)
+            limit = self.settings.stop_grace + STOP_MARGIN
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), timeout=limit)
         except TimeoutError:
             for process in running:
                 if process.returncode is None:

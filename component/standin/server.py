@@ -5,7 +5,8 @@ It answers ``GET /incidents`` (offset pagination over generated incidents),
 ``GET /incidents/{id}``, ``POST /incidents/{id}/notes``, ``GET /abilities`` and
 the ``/webhook_subscriptions`` API (``subscriptions.FakeSubscriptions``), optionally
 after a delay (``hold=(method, path, seconds)`` holds only the first such request,
-to catch a runtime mid-step), and records the method and path of every request.
+to catch a runtime mid-step; ``slow=(method, path suffix, seconds)`` every request
+whose path ends so), and records the method and path of every request.
 ``GET /_mock/secrets`` (not PagerDuty's) lists the signing secret of every
 subscription it created by delivery URL, so a person or a benchmark can sign
 deliveries the way PagerDuty would; ``POST /_mock/hold`` with ``{"method", "path",
@@ -69,11 +70,13 @@ class LocalPagerDuty(ThreadingHTTPServer):
         delay: float = 0.0,
         hold: tuple[str, str, float] | None = None,
         port: int = 0,
+        slow: tuple[str, str, float] | None = None,
     ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.incidents = [incident(n) for n in range(count)]
         self.delay = delay
         self.hold = hold
+        self.slow = slow
         self.requests: list[tuple[str, str]] = []
         self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
         self.subscriptions = FakeSubscriptions()
@@ -95,6 +98,8 @@ class LocalPagerDuty(ThreadingHTTPServer):
             wait = self._hold_next.pop((method, path), 0.0)
         if self.hold and self.hold[:2] == (method, path) and first:
             wait = self.hold[2]
+        if self.slow and self.slow[0] == method and path.endswith(self.slow[1]):
+            wait = max(wait, self.slow[2])
         time.sleep(wait)
         return before
 

@@ -17,7 +17,7 @@ from pagerduty_connector.runtime import consent
 from pagerduty_connector.runtime.console import CONSOLE
 from pagerduty_connector.runtime.middleware import AdminAuth
 from pagerduty_connector.runtime.routes import component, connections, executions, instances
-from pagerduty_connector.runtime.routes.webhooks import AsgiRoute, health, receive_webhook
+from pagerduty_connector.runtime.routes.webhooks import AsgiRoute, health, ready, receive_webhook
 
 schemas = SchemaGenerator(
     {"openapi": "3.0.3", "info": {"title": "PagerDuty connector runtime", "version": "0.1.0"}}
@@ -55,6 +55,7 @@ ROUTES: list[BaseRoute] = [
     # First, because routes are matched in order and deliveries are the hot path.
     AsgiRoute("/webhooks/{instance}/{flow}", receive_webhook, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
     Route("/connections/{id}/oauth/start", consent.start, methods=["GET"]),
     Route("/oauth/callback", consent.callback, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),

@@ -178,8 +178,21 @@ async def _body(receive: Receive) -> bytes | None:
 
 async def health(request: Request) -> JSONResponse:
     """
-    summary: Liveness
+    summary: Liveness (the process answers; restart it if this fails)
     responses:
       200: {description: ok}
     """
     return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """
+    summary: Readiness (this process can record a delivery now; send it traffic)
+    responses:
+      200: {description: ready}
+      503: {description: "not ready: what is wrong, by part (engine, database, writer)"}
+    """
+    problems = await request.app.state.engine.readiness()
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})

@@ -6,6 +6,7 @@ tables are in ``models``, the batched execution writer in ``writer``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from pagerduty_connector.runtime.store.models import (
     new_id,
     now,
 )
+from pagerduty_connector.runtime.store.outage import StoreUnavailable
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -79,6 +81,29 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _postgresql_creator(url: str) -> Callable[[], Awaitable[Any]]:
+    """How the pool connects to PostgreSQL: as SQLAlchemy's asyncpg dialect would (its
+    arguments from the URL), with a refused or unanswered connection raised as
+    ``StoreUnavailable`` naming the server. (asyncpg raises the socket's own
+    ``ConnectionRefusedError``, which SQLAlchemy passes on unwrapped: a request would
+    answer 500 rather than 503.)"""
+    import asyncpg
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+    parsed = make_url(url)
+    args, kwargs = dialect().create_connect_args(parsed)
+    kwargs.setdefault("timeout", 10)
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+
+    async def connect() -> Any:
+        try:
+            return await asyncpg.connect(*args, **kwargs)
+        except (OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {exc}") from exc
+
+    return connect
+
+
 class Store:
     """The database: an async engine, sessions, and migrations."""
 
@@ -91,8 +116,11 @@ class Store:
             self.sqlite_path = parsed.database
         # A pre-ping is a round trip per checkout; a local SQLite file never goes away.
         # Parameters can hold sealed secrets and delivery data: errors name statements only.
+        options: dict[str, Any] = {}
+        if not self.is_sqlite:
+            options["async_creator"] = _postgresql_creator(url)
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_pre_ping=not self.is_sqlite, hide_parameters=True
+            url, pool_pre_ping=not self.is_sqlite, hide_parameters=True, **options
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)

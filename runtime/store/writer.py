@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.runtime.store.models import ExecutionRow
+from pagerduty_connector.runtime.store.outage import StoreUnavailable
 from pagerduty_connector.runtime.store.writer_process import frame
 
 if TYPE_CHECKING:
@@ -120,6 +121,9 @@ class ExecutionWriter:
         self._child: _Child | None = None
         self._starting: asyncio.Task[None] | None = None
         self._flush_soon = False
+        # Batches failed since the last one that was written (None: none failed), so an
+        # outage is logged when it starts and ends, not once per batch.
+        self._failing: int | None = None
 
     async def start(self) -> None:
         """Start the writer process now rather than at the first change, and wait until
@@ -134,6 +138,11 @@ class ExecutionWriter:
     async def update(self, execution_id: str, values: dict[str, Any]) -> None:
         """Change columns of one execution."""
         await self._submit((execution_id, values))
+
+    async def ping(self) -> None:
+        """Return once the writer process has a working connection (``SELECT 1`` on it);
+        ``StoreUnavailable`` if it has none now."""
+        await self._submit(None)
 
     async def _submit(self, item: Insert | Update | None) -> bool:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -210,6 +219,8 @@ class ExecutionWriter:
         status, value = answer
         if status == "ok":
             self._settle(batch, None, set(value))
+        elif status == "unavailable":
+            self._settle(batch, StoreUnavailable(f"the database is unavailable: {value}"), set())
         else:
             self._settle(batch, RuntimeError(f"the writer could not commit: {value}"), set())
         self._flush()  # the child is waiting: what gathered meanwhile goes now
@@ -220,16 +231,19 @@ class ExecutionWriter:
         self._child = None
         child.kill()
         sent, self._sent = self._sent, collections.deque()
-        lost = RuntimeError("the writer process stopped; it is restarted")
+        lost = StoreUnavailable("the writer process stopped; it is restarted")
         for batch in sent:
             self._settle(batch, lost, set())
         if self._pending:
             self._flush()
 
-    @staticmethod
-    def _settle(batch: list[Waiting], exc: BaseException | None, inserted: set[str]) -> None:
+    def _settle(self, batch: list[Waiting], exc: BaseException | None, inserted: set[str]) -> None:
         if exc is not None and batch:  # every waiting caller learns it was not stored
-            log.error("could not write %d execution changes: %s", len(batch), exc)
+            self._say_failed(len(batch), exc)
+        elif self._failing is not None and any(item is not None for item, _ in batch):
+            # A batch that wrote (a ping that read is no proof of that).
+            log.info("the writer writes again (%d failed batches meanwhile)", self._failing)
+            self._failing = None
         for item, done in batch:
             if done.done():
                 continue
@@ -237,6 +251,12 @@ class ExecutionWriter:
                 done.set_exception(exc)
             else:
                 done.set_result(not isinstance(item, dict) or item["id"] in inserted)
+
+    def _say_failed(self, count: int, exc: BaseException) -> None:
+        if self._failing is None:
+            log.error("could not write %d execution changes: %s", count, exc)
+            self._failing = 0
+        self._failing += 1
 
     async def close(self) -> None:
         """Let the writer process commit what it was sent, and exit. Callers are answered

@@ -24,6 +24,7 @@ import pickle
 import re
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
@@ -417,13 +418,22 @@ def frame(value: Any) -> bytes:
 
 
 def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
-    """Apply batches until the parent closes the pipe."""
-    from sqlalchemy import create_engine, event
-    from sqlalchemy.pool import StaticPool
+    """Apply batches until the parent closes the pipe.
+
+    Each answer is ``("ok", ids inserted)``, ``("unavailable", why)`` when the database
+    could not be reached or written (the parent answers 503; nothing of the batch was
+    committed), or ``("error", why)``. After an outage the connection is dropped and the
+    next batch opens a new one, so a restarted PostgreSQL or a freed disk is used again
+    at once. A batch with no rows and no changes checks the connection (``SELECT 1``):
+    the parent's readiness probe goes the way a delivery's record goes.
+    """
+    from sqlalchemy import create_engine, event, text
+    from sqlalchemy.pool import NullPool
 
     from pagerduty_connector.runtime.durable import enqueuer, system_database_url
     from pagerduty_connector.runtime.store import sqlite_pragmas
     from pagerduty_connector.runtime.store.models import ExecutionRow
+    from pagerduty_connector.runtime.store.outage import unavailable, why
 
     hello = _read(incoming)
     if hello is None:
@@ -432,8 +442,11 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
     sync_url = system_database_url(url)
     is_sqlite = sync_url.startswith("sqlite")
     sql = Statements(ExecutionRow.__table__, is_sqlite)
-    # Parameters are rows of deliveries: an error names the statement, not the data.
-    engine = create_engine(sync_url, poolclass=StaticPool, hide_parameters=True)
+    # Parameters are rows of deliveries: an error names the statement, not the data. One
+    # connection at a time, made again after an outage (NullPool keeps no broken one);
+    # a PostgreSQL server that does not answer is given up on after 5 s.
+    options = {} if is_sqlite else {"connect_args": {"connect_timeout": 5}}
+    engine = create_engine(sync_url, poolclass=NullPool, hide_parameters=True, **options)
     if is_sqlite:
         event.listen(engine, "connect", sqlite_pragmas)
         # SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries while
@@ -441,21 +454,53 @@ def serve(incoming: BinaryIO, outgoing: BinaryIO) -> None:
         # steps of a fraction of a millisecond (``_patiently``).
         event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA busy_timeout=0"))
     queue = enqueuer("", secret_key, engine=engine)
-    with engine.connect() as connection:
-        gc.freeze()  # what was loaded to get here is kept for good: never scan it again
-        while (batch := _read(incoming)) is not None:
-            try:
-                applied = _patiently(lambda: apply_batch(connection, sql, queue, *batch))
-                answer: tuple[str, Any] = ("ok", applied)
-            except Exception as exc:  # the parent fails the batch's callers with this
-                answer = ("error", f"{type(exc).__name__}: {exc}")
-            try:
-                outgoing.write(frame(answer))
-                outgoing.flush()
-            except BrokenPipeError:  # the parent is gone (killed); nobody waits for this
-                break
+    connection: Connection | None = None
+    frozen = False
+    while (batch := _read(incoming)) is not None:
+        try:
+            if connection is None:
+                connection = engine.connect()
+                if not frozen:  # what was loaded to get here is kept: never scan it again
+                    gc.freeze()
+                    frozen = True
+            rows, changes = batch
+            if rows or changes:
+                applied = _patiently(partial(apply_batch, connection, sql, queue, rows, changes))
+            else:
+                connection.execute(text("SELECT 1")).close()
+                connection.rollback()
+                applied = set()
+            answer: tuple[str, Any] = ("ok", applied)
+        except Exception as exc:  # the parent fails the batch's callers with this
+            lost = unavailable(exc)
+            answer = ("unavailable" if lost else "error", why(exc))
+            if lost and connection is not None:
+                # Broken: dropped without the rollback a close would try on it.
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                    connection.close()
+                connection = None
+        try:
+            outgoing.write(frame(answer))
+            outgoing.flush()
+        except BrokenPipeError:  # the parent is gone (killed); nobody waits for this
+            break
+    if connection is not None:
+        connection.close()
     engine.dispose()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Entry point: serve the parent on stdin and stdout. Signals meant for the runtime
+    (Ctrl-C in a terminal, SIGTERM to the process group) are left to the parent, which
+    closes the pipe when it has nothing more to write: a graceful stop then still
+    records how its last runs ended."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,39 +32,111 @@ def available() -> bool:
     return bool(_binary("initdb") and _binary("pg_ctl"))
 
 
+class PostgresServer:
+    """A throwaway server in its own folder: started, stopped and restarted at will (the
+    fault tests take it away from a running runtime and bring it back)."""
+
+    def __init__(self, *, fsync: bool = False) -> None:
+        initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
+        assert initdb and pg_ctl, "PostgreSQL binaries not found"
+        self.pg_ctl = pg_ctl
+        self.root = Path(tempfile.mkdtemp(prefix="pdc-pg-"))
+        self.data = self.root / "data"
+        self.user = "postgres" if os.geteuid() == 0 else None
+        if self.user:
+            shutil.chown(self.root, self.user)
+            self.root.chmod(0o700)
+        self.port = free_port()
+        self._run(
+            initdb,
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        durability = "on" if fsync else "off"
+        self.options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync={durability}"
+        )
+
+    @property
+    def url(self) -> str:
+        """An asyncpg SQLAlchemy URL of its ``postgres`` database."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, user=self.user, timeout=120)
+
+    def start(self) -> None:
+        """Start it and wait until it takes connections."""
+        self._run(
+            self.pg_ctl,
+            "-D",
+            str(self.data),
+            "-o",
+            self.options,
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop it (``fast``: disconnect every client, as an operator's restart does;
+        ``immediate``: as a crash)."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is dropped, the server is back in
+        well under a second."""
+        self._run(
+            self.pg_ctl,
+            "-D",
+            str(self.data),
+            "-o",
+            self.options,
+            "-l",
+            str(self.root / "log"),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        )
+
+    def remove(self) -> None:
+        """Stop it if it runs and delete its folder."""
+        subprocess.run(
+            [self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            user=self.user,
+            timeout=60,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextmanager
 def postgres_server(*, fsync: bool = False) -> Iterator[str]:
     """Start a server on 127.0.0.1 and yield an asyncpg SQLAlchemy URL to a fresh database.
 
     Tests run it with ``fsync=off`` for speed; benchmarks ask for durable commits.
     """
-    initdb, pg_ctl = _binary("initdb"), _binary("pg_ctl")
-    assert initdb and pg_ctl, "PostgreSQL binaries not found"
-    root = Path(tempfile.mkdtemp(prefix="pdc-pg-"))
-    data = root / "data"
-    user = "postgres" if os.geteuid() == 0 else None
-    if user:
-        shutil.chown(root, user)
-        root.chmod(0o700)
-    port = free_port()
+    with running_postgres(fsync=fsync) as server:
+        yield server.url
 
-    def run(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, user=user, timeout=120)
 
-    run(initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-    durability = "on" if fsync else "off"
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync={durability}"
-    run(pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+@contextmanager
+def running_postgres(*, fsync: bool = False) -> Iterator[PostgresServer]:
+    """A started ``PostgresServer``, removed afterwards."""
+    server = PostgresServer(fsync=fsync)
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+        server.start()
+        yield server
     finally:
-        subprocess.run(
-            [pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-            capture_output=True,
-            user=user,
-            timeout=60,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        server.remove()
 
 
 async def create_database(root_url: str, prefix: str = "t") -> str:
