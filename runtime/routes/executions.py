@@ -142,6 +142,7 @@ async def retry_execution(request: Request) -> JSONResponse:
     retry.update(
         id=new_id(),
         webhook_id=None,
+        event_id=None,
         status="received",
         reason=None,
         steps=[],

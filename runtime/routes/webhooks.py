@@ -57,9 +57,12 @@ async def record(
     headers: dict[str, str],
     output: dict[str, Any],
     replay_of: str | None = None,
+    signed: bool = False,
 ) -> tuple[int, dict[str, Any]]:
     """Store the delivery as an execution, its run queued in the same commit unless there
-    is a reason not to; the answer's status and JSON body."""
+    is a reason not to; the answer's status and JSON body. A ``signed`` delivery keeps
+    PagerDuty's event id, so the same event sent again (under any ``X-Webhook-Id``)
+    starts nothing."""
     trigger = TRIGGERS[flow["trigger"]["type"]]
     reason = None
     if not target.enabled:
@@ -73,6 +76,7 @@ async def record(
         "instance_id": target.instance_id,
         "flow": flow["name"],
         "webhook_id": headers.get("x-webhook-id"),
+        "event_id": _event_id(output) if signed else None,
         "status": status,
         "reason": reason,
         "received_body": redact(body.decode("utf-8", "replace")),
@@ -91,8 +95,14 @@ async def record(
         key = concurrency_key(flow, output)
         row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key)
     if not await engine.writer.record(row):
-        return 200, {"duplicate": True, "webhookId": row["webhook_id"]}
+        return 200, {"duplicate": True, "webhookId": row["webhook_id"], "eventId": row["event_id"]}
     return 202, {"execution": row["id"], "status": status}
+
+
+def _event_id(output: dict[str, Any]) -> str | None:
+    """PagerDuty's id of a delivered event, when it has a usable one."""
+    event_id = output["event"].get("id")
+    return event_id if isinstance(event_id, str) and 0 < len(event_id) <= 200 else None
 
 
 def json_answer(answer: tuple[int, dict[str, Any]]) -> JSONResponse:
@@ -119,7 +129,8 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
     summary: Receive a signed PagerDuty webhook for one flow; recorded before it is answered
     responses:
       202: {description: recorded; the flow runs in the background (or is skipped, with why)}
-      200: {description: a redelivery already recorded; nothing new starts}
+      200: {description: "a redelivery (same X-Webhook-Id, or the same event id) already
+        recorded; nothing new starts"}
       400: {description: unsigned, malformed signature, or not a V3 webhook event}
       403: {description: the signature matches no secret held for this flow}
       404: {description: no such instance or flow}
@@ -152,7 +163,7 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         # Another process may have just deployed: read the instance again, then decide.
         target, flow, trigger = await verified(fresh=True)
     output = trigger.output(body, headers)
-    status, payload = await record(engine, target, flow, body, headers, output)
+    status, payload = await record(engine, target, flow, body, headers, output, signed=True)
     answer = _ENCODE(payload).encode()
     headers_out = [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers_out})

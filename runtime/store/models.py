@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -86,12 +87,18 @@ class ExecutionRow(Base):
     """One received webhook and the run of its flow (the integration log)."""
 
     __tablename__ = "executions"
-    __table_args__ = (UniqueConstraint("instance_id", "webhook_id", name="uq_execution_webhook"),)
+    __table_args__ = (
+        UniqueConstraint("instance_id", "webhook_id", name="uq_execution_webhook"),
+        # A delivery replayed under a new X-Webhook-Id (migration 0007).
+        Index("uq_execution_event", "instance_id", "flow", "event_id", unique=True),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     # No index of its own: uq_execution_webhook leads with it (migration 0006).
     instance_id: Mapped[str] = mapped_column(String(100))
     flow: Mapped[str] = mapped_column(String(200))
     webhook_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # PagerDuty's event.id for a signed delivery; empty for test runs, replays, retries.
+    event_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     received_body: Mapped[str] = mapped_column(Text, default="")
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

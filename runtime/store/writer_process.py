@@ -61,10 +61,11 @@ class Statements:
         into = f"INSERT INTO {self.table} ({', '.join(columns)}) "
         self.insert = into + "VALUES "
         self.one = "(" + ", ".join([self.mark] * len(columns)) + ")"
-        # A redelivery (same instance and X-Webhook-Id, also within one batch, also one
-        # another replica commits at the same moment) is skipped by the unique index,
-        # and RETURNING says which rows were new: only those get a run.
-        self.conflict = " ON CONFLICT (instance_id, webhook_id) DO NOTHING RETURNING id"
+        # A redelivery (same instance and X-Webhook-Id) or a replayed event (same
+        # instance, flow and PagerDuty event id), also within one batch, also one another
+        # replica commits at the same moment, is skipped by its unique index, and
+        # RETURNING says which rows were new: only those get a run.
+        self.conflict = " ON CONFLICT DO NOTHING RETURNING id"
         # PostgreSQL: every batch, whatever its size, as one statement of few shapes
         # (arrays), which psycopg parses and PostgreSQL plans once; a multi-row VALUES
         # changes shape with the batch, and psycopg parsed it anew every time.

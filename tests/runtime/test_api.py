@@ -32,7 +32,9 @@ from tests.support.runtime import (
     FLOW,
     INCIDENT,
     PUBLIC,
+    answer_incident,
     deliver,
+    deploy_acme,
     drain,
     make_connection,
     secret_for,
@@ -69,7 +71,8 @@ def test_flow_runs_from_a_webhook_and_is_recorded(
 
     record = api.get(f"/api/executions/{execution_id}").json()
     assert record["status"] == "succeeded" and record["responseStatus"] == 202
-    assert json.loads(record["receivedBody"]) == EVENT
+    sent_event = {**EVENT, "event": {**EVENT["event"], "id": "ev-wh-1"}}  # see ``deliver``
+    assert json.loads(record["receivedBody"]) == sent_event
     assert record["trigger"]["event"]["data"]["id"] == "Q1P5"
     assert [(s["name"], s["status"]) for s in record["steps"]] == [
         ("incident", "succeeded"),
@@ -114,6 +117,43 @@ async def test_secrets_are_encrypted_in_the_database(
         ]
     await store.close()
     assert dump and not any(API_KEY in row for row in dump)
+
+
+def test_an_event_sent_again_under_a_new_webhook_id_starts_nothing(
+    api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """A captured signed delivery replayed with a new X-Webhook-Id is the same PagerDuty
+    event: recorded once, run once (measured before: a second run). The same event to
+    another flow, an admin test run sent twice and a replay each still run."""
+    answer_incident(pd)
+    second_flow = {**FLOW, "name": "also"}
+    deploy_acme(api, [FLOW, second_flow])
+    event_id = EVENT["event"]["id"]
+    first = deliver(api, subs, "/webhooks/acme/on-incident", "original", event_id=event_id)
+    replayed = deliver(
+        api, subs, "/webhooks/acme/on-incident", "captured-and-replayed", event_id=event_id
+    )
+    assert first.status_code == 202
+    assert replayed.status_code == 200
+    assert replayed.json() == {
+        "duplicate": True,
+        "webhookId": "captured-and-replayed",
+        "eventId": event_id,
+    }
+    # The same event to another flow (its own subscription, its own webhook id) runs.
+    other_flow = deliver(api, subs, "/webhooks/acme/also", "to-also", event_id=event_id)
+    assert other_flow.status_code == 202
+    tests = [
+        api.post("/api/instances/acme/flows/on-incident/test", content=json.dumps(EVENT))
+        for _ in range(2)
+    ]
+    assert [t.status_code for t in tests] == [202, 202]
+    replay = api.post(f"/api/executions/{first.json()['execution']}/replay")
+    assert replay.status_code == 202, replay.text
+    drain(api)
+    executions = api.get("/api/executions").json()
+    assert sorted(e["flow"] for e in executions) == ["also"] + ["on-incident"] * 4
+    assert {e["status"] for e in executions} == {"succeeded"}
 
 
 @pytest.mark.parametrize(

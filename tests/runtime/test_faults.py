@@ -57,6 +57,7 @@ def event_about(incident: str) -> bytes:
     """A signed delivery's body: ``incident.triggered`` for ``incident``."""
     event = copy.deepcopy(EVENT)
     event["event"]["data"]["id"] = incident
+    event["event"]["id"] = f"ev-{incident}"
     return json.dumps(event).encode()
 
 

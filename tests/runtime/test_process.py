@@ -120,6 +120,7 @@ def test_sigterm_with_50_runs_in_flight_sends_nothing_twice(tmp_path: Path, work
             for n in range(runs):
                 event = copy.deepcopy(EVENT)
                 event["event"]["data"]["id"] = f"INC{n:03d}"
+                event["event"]["id"] = f"ev-{n}"
                 body = json.dumps(event).encode()
                 answer = api.post(
                     "/webhooks/acme/on-incident",

@@ -136,6 +136,7 @@ async def _deliver_all(urls: list[str], secret: str, killed_midway: Any) -> dict
     async def one(client: httpx2.AsyncClient, n: int) -> None:
         event = json.loads(json.dumps(EVENT))
         event["event"]["data"]["id"] = f"Q{n}"
+        event["event"]["id"] = f"ev-{n}"  # each delivery a PagerDuty event of its own
         body = json.dumps(event).encode()
         headers = {"X-Webhook-Id": f"wh-{n}", "X-PagerDuty-Signature": sign(body, secret)}
         async with gate:

@@ -95,8 +95,12 @@ def deliver(
     path: str,
     webhook_id: str = "wh-1",
     event: dict[str, Any] = EVENT,
+    event_id: str | None = None,
 ) -> httpx2.Response:
-    """Post ``event`` to ``path`` signed as PagerDuty would sign it."""
+    """Post ``event`` to ``path`` signed as PagerDuty would sign it. Each delivery is a
+    PagerDuty event of its own (its id made from ``webhook_id``) unless ``event_id``
+    names one: the runtime runs one event once per flow, whatever its webhook id."""
+    event = {**event, "event": {**event["event"], "id": event_id or f"ev-{webhook_id}"}}
     body = json.dumps(event).encode()
     headers = {
         "X-Webhook-Id": webhook_id,
