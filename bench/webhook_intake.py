@@ -129,21 +129,26 @@ def _serve(kind: str, port: int) -> None:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    quiet = {"log_level": "warning", "access_log": False}
     if kind == "runtime":
         from pagerduty_connector.runtime.app import create_app
+        from pagerduty_connector.runtime.server import uvicorn_config
         from pagerduty_connector.runtime.settings import load_settings
 
-        app = create_app(load_settings())
-    else:
+        settings = load_settings()
+        # Served as pdc serve serves it (its guard against slow clients included).
+        config = uvicorn_config(create_app(settings), settings, "127.0.0.1", port, LOOP, **quiet)
+        uvicorn.Server(config).run()
+        return
 
-        async def accept(request: Request) -> JSONResponse:
-            await request.body()
-            return JSONResponse({"status": "received"}, status_code=202)
+    async def accept(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"status": "received"}, status_code=202)
 
-        app = Starlette(routes=[Route("/webhooks/{instance}/{flow}", accept, methods=["POST"])])
+    app = Starlette(routes=[Route("/webhooks/{instance}/{flow}", accept, methods=["POST"])])
     # Both on the loop ``pdc serve`` runs on (uvicorn would pick uvloop where it is
     # installed, as it is with the dev extras).
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=LOOP)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, **quiet)
 
 
 def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

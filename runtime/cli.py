@@ -33,8 +33,7 @@ LOOP = "asyncio"
 def serve(host: str | None, port: int | None, role: str | None, flow_workers: int | None) -> None:
     """Start the runtime (management API, webhook intake, console) under uvicorn, or
     with ``--role worker`` a process that only runs flows."""
-    import uvicorn
-
+    from pagerduty_connector.runtime import server
     from pagerduty_connector.runtime.app import create_app
     from pagerduty_connector.runtime.settings import load_settings
     from pagerduty_connector.runtime.worker import configure_logging, run
@@ -49,15 +48,12 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         application = create_app(settings)
     except ComponentError as exc:
         raise fail(str(exc)) from None
-    uvicorn.run(
+    server.serve(
         application,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
-        log_level="info",
-        loop=LOOP,
-        # A stop waits this long for open requests (a deploy waiting on PagerDuty), then
-        # as long again for the steps in flight.
-        timeout_graceful_shutdown=int(settings.stop_grace),
+        settings,
+        host or settings.host,
+        port if port is not None else settings.port,
+        LOOP,
     )
 
 

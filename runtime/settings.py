@@ -79,6 +79,22 @@ class RuntimeSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    max_connections: int = Field(
+        default=1000,
+        ge=16,
+        le=1_000_000,
+        description="Client connections open at once; at the limit, the one that has waited "
+        "longest for a request head makes room.",
+    )
+    header_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds a request head may take to arrive."
+    )
+    body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds a request body may take after its head."
+    )
+    keepalive_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds an idle kept-alive connection stays open."
+    )
 
     @model_validator(mode="after")
     def _workers_serve(self) -> RuntimeSettings:
