@@ -85,6 +85,18 @@ def redact(text: str) -> str:
     return _matcher.mask(text)
 
 
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like data: a step's result, a delivery's event) with every string
+    in it masked as ``redact`` masks text."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_data(v) for v in value]
+    return value
+
+
 def redact_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """Mask values whose key names a secret (headers, form fields), recursively."""
     out: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pagerduty_connector.component.errors import ComponentError, InputError
 from pagerduty_connector.component.inputs import clean_inputs
 from pagerduty_connector.component.manifest import InputType, Manifest
-from pagerduty_connector.component.redact import MASK, redact
+from pagerduty_connector.component.redact import MASK, redact, redact_data
 from pagerduty_connector.component.registry import TRIGGERS
 
 
@@ -225,17 +225,7 @@ def render_input(owner: str, key: str, value: Any, scope: dict[str, Any]) -> Any
 def _redacted_inputs(manifest: Manifest, action: str, inputs: dict[str, Any]) -> dict[str, Any]:
     item = manifest.runnable(action)
     secret = {i.key for i in item.inputs if i.type is InputType.PASSWORD}
-    return {k: MASK if k in secret else _redact_value(v) for k, v in inputs.items()}
-
-
-def _redact_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_value(v) for v in value]
-    return value
+    return {k: MASK if k in secret else redact_data(v) for k, v in inputs.items()}
 
 
 StepRunner = Callable[[Step, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -261,7 +251,7 @@ async def run_flow(
             record["inputs"] = _redacted_inputs(manifest, step.action, inputs)
             result = await run_step(step, inputs)
             scope["steps"][step.name] = result
-            record.update(status="succeeded", result=_redact_value(result))
+            record.update(status="succeeded", result=redact_data(result))
         except (ComponentError, TemplateError, TypeError, ValueError) as exc:
             record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}"))
             if step.onError == "stop":

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pagerduty_connector.component.contracts import Trigger
 from pagerduty_connector.component.errors import SignatureError
-from pagerduty_connector.component.redact import redact
+from pagerduty_connector.component.redact import redact, redact_data
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.durable import placement
 from pagerduty_connector.runtime.engine import Engine
@@ -71,6 +71,17 @@ async def record(
         reason = trigger.skip_reason(output, flow["trigger"]["inputs"])
     status = "received" if reason is None else "skipped"
     received = now()
+    text = body.decode("utf-8", "replace")
+    masked = redact(text)
+    # Without a backslash in the body no JSON escape can spell a secret the text scan
+    # missed, so the event (parsed from this text) needs its own walk only when the
+    # scan found one or the body has escapes: 20 us a delivery saved, nearly always.
+    if masked != text or "\\" in text:
+        output = redact_data(output)
+    joined = "\n".join(headers.values())
+    if redact(joined) != joined:
+        headers = {name: redact(value) for name, value in headers.items()}
+        output = {**output, "headers": {k.lower(): v for k, v in headers.items()}}
     row = {
         "id": new_id(),
         "instance_id": target.instance_id,
@@ -79,7 +90,7 @@ async def record(
         "event_id": _event_id(output) if signed else None,
         "status": status,
         "reason": reason,
-        "received_body": redact(body.decode("utf-8", "replace")),
+        "received_body": masked,
         "headers": headers,
         "response_status": 202,
         "trigger": output,

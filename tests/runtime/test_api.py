@@ -4,6 +4,7 @@ webhook intake, flow execution and the execution log. PagerDuty is mocked by res
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 from pathlib import Path
@@ -117,6 +118,50 @@ async def test_secrets_are_encrypted_in_the_database(
         ]
     await store.close()
     assert dump and not any(API_KEY in row for row in dump)
+
+
+async def test_a_secret_quoted_in_a_delivery_is_masked_wherever_it_is_kept(
+    runtime_settings: RuntimeSettings, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """Measured before: the body was masked but the trigger stored from it was not, so a
+    key quoted in a payload was in the database, the API and the console. Also a key
+    written with a JSON escape (``\\u002b`` for ``+``), and one in a header."""
+    answer_incident(pd)
+    path = "/webhooks/acme/on-incident"
+    escaped = API_KEY.replace("+", "\\u002b")
+    with TestClient(create_app(runtime_settings), headers=AUTH) as client:
+        deploy_acme(client)
+        secret = secret_for(subs, path)
+        ids = []
+        for n, title in enumerate([f"key {API_KEY} leaked", None]):
+            event = copy.deepcopy(EVENT)
+            event["event"]["id"] = f"leak-{n}"
+            event["event"]["data"]["title"] = title or "marker"
+            body = json.dumps(event).replace("marker", f"key {escaped} leaked").encode()
+            answer = client.post(
+                path,
+                content=body,
+                headers={
+                    "X-PagerDuty-Signature": sign(body, secret),
+                    "X-Webhook-Id": f"leak-{n}",
+                    "X-Forwarded-Note": f"copied {API_KEY}",
+                },
+            )
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["execution"])
+        drain(client)
+        shown = [client.get(f"/api/executions/{i}").json() for i in ids]
+    for record in shown:
+        assert record["status"] == "succeeded", record
+        assert record["trigger"]["event"]["data"]["title"] == "key *** leaked"
+        assert record["headers"]["x-forwarded-note"] == "copied ***"
+        assert record["trigger"]["headers"]["x-forwarded-note"] == "copied ***"
+        assert API_KEY not in json.dumps(record)
+    store = Store(runtime_settings.resolved_database_url())
+    async with store.engine.connect() as raw:
+        rows = [str(r) for r in (await raw.execute(text("SELECT * FROM executions"))).all()]
+    await store.close()
+    assert len(rows) == 2 and not any(API_KEY in row for row in rows)
 
 
 def test_an_event_sent_again_under_a_new_webhook_id_starts_nothing(
