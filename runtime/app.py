@@ -16,8 +16,10 @@ from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.component.registry import check_implementations
+from pagerduty_connector.runtime.console.session import SignInThrottle
 from pagerduty_connector.runtime.engine import started
 from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS, error_response
+from pagerduty_connector.runtime.middleware import secured
 from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.routes.webhooks import receive_webhook
 from pagerduty_connector.runtime.settings import RuntimeSettings
@@ -52,7 +54,7 @@ class Runtime(Starlette):
                 scope["path_params"] = {"instance": parts[2], "flow": parts[3]}
                 await self._deliver(scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        await super().__call__(scope, receive, secured(send) if scope["type"] == "http" else send)
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -112,8 +114,10 @@ def create_app(
             finally:
                 await workers.stop()
 
-    return Runtime(
+    runtime = Runtime(
         routes=ROUTES,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    runtime.state.sign_in_throttle = SignInThrottle()
+    return runtime

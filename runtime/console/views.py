@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,8 +21,11 @@ from pagerduty_connector.component.redact import redact
 from pagerduty_connector.runtime.console.api import ApiError, call
 from pagerduty_connector.runtime.console.editor import locate_error
 from pagerduty_connector.runtime.console.session import (
+    SignInThrottle,
     csrf_ok,
+    login_form_ok,
     session_of,
+    set_login_token,
     sign_in,
     sign_out,
     token_matches,
@@ -66,6 +70,9 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     """Render a page with the session's CSRF token and the current section."""
     session = session_of(request) or {}
     context.setdefault("section", template.split("_")[0].split(".")[0])
+    # The page one level up from the one that failed (a form posted to .../teardown goes
+    # back to the instance): a link, not script, which the console's policy forbids.
+    context.setdefault("back", request.url.path.rstrip("/").rsplit("/", 1)[0] or "/console")
     return templates.TemplateResponse(
         request, template, {"csrf": session.get("csrf", ""), **context}, status_code=status
     )
@@ -80,16 +87,34 @@ async def form_of(request: Request) -> dict[str, str] | Response:
 
 
 async def login(request: Request) -> Response:
-    """The sign-in form; posting the admin token starts a session."""
+    """The sign-in form; posting the admin token starts a session. The form carries a
+    CSRF token of its own, and wrong tokens are throttled per client address."""
     if request.method == "GET":
-        return page(request, "login.html", section="login")
+        return _login_page(request)
+    client = request.client.host if request.client else "?"
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    wait = throttle.wait(client)
+    if wait:
+        seconds = int(wait) + 1
+        answer = _login_page(request, 429, f"Too many wrong tokens: try again in {seconds} s.")
+        answer.headers["Retry-After"] = str(seconds)
+        return answer
     form = await request.form()
+    if not login_form_ok(request, str(form.get("csrf", "")) or None):
+        return _login_page(request, 403, "This form has expired: sign in again.")
     if not token_matches(request, str(form.get("token", ""))):
-        return page(
-            request, "login.html", 401, section="login", error="That is not the admin token."
-        )
+        throttle.failed(client)
+        return _login_page(request, 401, "That is not the admin token.")
     response = RedirectResponse("/console/executions", status_code=303)
     sign_in(request, response)
+    return response
+
+
+def _login_page(request: Request, status: int = 200, error: str | None = None) -> Response:
+    """The sign-in form, with a fresh CSRF token in a hidden field and in its cookie."""
+    token = secrets.token_urlsafe(24)
+    response = page(request, "login.html", status, section="login", error=error, login=token)
+    set_login_token(request, response, token)
     return response
 
 

@@ -70,9 +70,16 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+def sign_in_with(console: TestClient, token: str) -> Any:
+    """Post ``token`` through the sign-in form, as a browser would (the form's CSRF
+    token with it); the answer."""
+    form = csrf_of(console.get("/console/login").text)
+    return console.post("/console/login", data={"token": token, "csrf": form})
+
+
 def signed_in(console: TestClient) -> str:
     """Sign in; the CSRF token of the session."""
-    answer = console.post("/console/login", data={"token": ADMIN})
+    answer = sign_in_with(console, ADMIN)
     assert answer.status_code == 303 and answer.headers["location"] == "/console/executions"
     return csrf_of(console.get("/console/executions").text)
 
@@ -87,10 +94,10 @@ def test_pages_need_a_session_that_only_the_admin_token_starts(console: TestClie
     polled = console.get("/console/executions/rows", headers={"HX-Request": "true"})
     assert polled.headers["HX-Redirect"] == "/console/login"
     assert console.get("/console/static/console.css").status_code == 200  # open
-    wrong = console.post("/console/login", data={"token": "guess"})
+    wrong = sign_in_with(console, "guess")
     assert wrong.status_code == 401 and "not the admin token" in wrong.text
     assert COOKIE not in console.cookies
-    answer = console.post("/console/login", data={"token": ADMIN})
+    answer = sign_in_with(console, ADMIN)
     cookie = answer.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" in cookie
     assert "Path=/console" in cookie and ADMIN not in cookie
@@ -355,3 +362,61 @@ def test_scopes_needed_names_each_place_a_scope_is_used() -> None:
             "incidents.read": ["i: flow 'f' step 'a'"],
         }
     }
+
+
+def test_every_page_and_answer_carries_the_security_headers(
+    console: TestClient, subs: FakeSubscriptions
+) -> None:
+    """Measured before: no Content-Security-Policy, framing or nosniff header anywhere."""
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    answers = {
+        "sign-in": console.get("/console/login"),
+        "a page": console.get("/console/executions"),
+        "an error page": console.post("/console/executions/nope/retry", data={"csrf": csrf}),
+        "a static file": console.get("/console/static/htmx.min.js"),
+        "the API": as_admin(console).get("/api/connections"),
+        "a consent page": console.get("/oauth/callback?state=unknown&code=x"),
+        "the OpenAPI document": console.get("/openapi.json"),
+    }
+    for where, answer in answers.items():
+        policy = answer.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, where
+        assert "default-src 'none'" in policy and "unsafe" not in policy, where
+        assert answer.headers["x-frame-options"] == "DENY", where
+        assert answer.headers["x-content-type-options"] == "nosniff", where
+        assert answer.headers["referrer-policy"] == "no-referrer", where
+    # Nothing on a page needs what the policy forbids: no inline script or style.
+    for page in (answers["sign-in"].text, answers["a page"].text, answers["an error page"].text):
+        assert "<script>" not in page and "javascript:" not in page
+        assert " style=" not in page and "<style" not in page and " on" + "click=" not in page
+    back = re.search(r'<a href="([^"]+)" id="back">', answers["an error page"].text)
+    assert back and back.group(1) == "/console/executions/nope"
+
+
+def test_wrong_tokens_are_throttled_per_client(console: TestClient) -> None:
+    """Measured before: 300 wrong sign-ins in 0.4 s, none refused."""
+    for _ in range(5):
+        assert sign_in_with(console, "guess").status_code == 401
+    throttled = sign_in_with(console, "guess")
+    assert throttled.status_code == 429 and "Too many wrong tokens" in throttled.text
+    assert 0 < int(throttled.headers["retry-after"]) <= 60
+    # While throttled even the right token waits: guessing gains nothing by luck.
+    assert sign_in_with(console, ADMIN).status_code == 429
+    assert COOKIE not in console.cookies
+
+
+def test_the_sign_in_form_needs_its_own_csrf_token(console: TestClient) -> None:
+    """A page of another site cannot sign a browser in (to the attacker's session)."""
+    no_form = console.post("/console/login", data={"token": ADMIN})
+    assert no_form.status_code == 403 and "This form has expired" in no_form.text
+    token = csrf_of(console.get("/console/login").text)
+    other = TestClient(console.app, base_url="https://testserver", follow_redirects=False)
+    forged = other.post("/console/login", data={"token": ADMIN, "csrf": token})  # no cookie
+    assert forged.status_code == 403
+    console.cookies.clear()  # the form's own cookie replaced by one the site never signed
+    console.cookies.set("pdc_console_login", "forged", domain="testserver", path="/console/login")
+    assert console.post("/console/login", data={"token": ADMIN, "csrf": token}).status_code == 403
+    assert COOKIE not in console.cookies
+    cookie = console.get("/console/login").headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console/login" in cookie
