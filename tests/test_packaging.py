@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,20 +34,36 @@ from tests.support import REPO
 from tests.support.processes import finished, wait_until
 from tests.support.runtime import EVENT
 
-# One worker builds and installs: the build writes into the checkout (build/, *.egg-info),
-# and two workers building at once broke each other's build.
-pytestmark = pytest.mark.xdist_group("packaging")
-
 ROOT = "pagerduty_connector"
 DIST = "pagerduty-connector"
 
 
+# What a build never reads: building from a copy without them is building the checkout.
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "node_modules",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pdc",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """``python -m build``: the sdist, then the wheel built from that sdist."""
+    """``python -m build``: the sdist, then the wheel built from that sdist. From a copy
+    of the sources, since a build writes beside them (build/, *.egg-info) and two test
+    workers building in the checkout at once broke each other's build."""
+    sources = tmp_path_factory.mktemp("sources") / "pagerduty-connector"
+    shutil.copytree(REPO, sources, ignore=NOT_SOURCES)
     out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(REPO)],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(sources)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -229,7 +247,9 @@ def test_the_installed_runtime_deploys_and_records_a_delivery(
         assert [s["name"] for s in record["steps"]] == ["incident", "note"]
         # The console's templates and static files come from the wheel too.
         console = httpx2.Client(base_url=base, follow_redirects=True)
-        signed_in = console.post("/console/login", data={"token": token})
+        form = re.search(r'name="csrf" value="([^"]+)"', console.get("/console/login").text)
+        assert form, "the sign-in form carries its CSRF token"
+        signed_in = console.post("/console/login", data={"token": token, "csrf": form[1]})
         assert signed_in.status_code == 200 and execution in signed_in.text
         assert console.get("/console/static/htmx.min.js").status_code == 200
     finally:
