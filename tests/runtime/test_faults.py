@@ -13,7 +13,9 @@ import asyncio
 import copy
 import itertools
 import json
+import logging
 import re
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -85,7 +87,11 @@ class PagerDutyCounts:
 
 
 def outage_and_back(
-    api: TestClient, subs: FakeSubscriptions, start: Callable[[], None], end: Callable[[], None]
+    api: TestClient,
+    subs: FakeSubscriptions,
+    start: Callable[[], None],
+    end: Callable[[], None],
+    pd: PagerDutyCounts,
 ) -> list[str]:
     """Deliver while the fault is on and after it ends, as PagerDuty would (a delivery
     answered 5xx is sent again); check the answers, readiness and liveness on the way;
@@ -103,6 +109,8 @@ def outage_and_back(
         answer = send(incident)
         assert answer.status_code == 202, answer.text
         accepted.append(answer.json()["execution"])
+    # The fault comes while runs are in a step (each flow runs 4 at once).
+    wait_until(lambda: len(pd.gets) >= 4, 30, "runs to be in a step")
     start()
     began = time.monotonic()
     while time.monotonic() - began < OUTAGE:
@@ -127,14 +135,19 @@ def outage_and_back(
     return accepted
 
 
-def assert_every_run_ended_once(api: TestClient, accepted: list[str], pd: PagerDutyCounts) -> None:
-    """Every execution accepted succeeded, and PagerDuty got each incident's note once."""
+def assert_every_run_ended_once(
+    api: TestClient, accepted: list[str], pd: PagerDutyCounts, in_flight: int = 0
+) -> None:
+    """Every execution accepted succeeded, and PagerDuty got each incident's note once;
+    each incident's GET once too, but for at most ``in_flight`` of them (a GET PagerDuty
+    answered while its checkpoint could not be written is sent again on resume)."""
     drain(api)
     records = [api.get(f"/api/executions/{e}").json() for e in accepted]
     assert [r["status"] for r in records] == ["succeeded"] * len(accepted), records
     incidents = [r["trigger"]["event"]["data"]["id"] for r in records]
     assert {i: pd.notes[i] for i in incidents} == dict.fromkeys(incidents, 1)
-    assert {i: pd.gets[i] for i in incidents} == dict.fromkeys(incidents, 1)
+    again = [i for i in incidents if pd.gets[i] != 1]
+    assert len(again) <= in_flight and all(pd.gets[i] == 2 for i in again), pd.gets
     assert sum(pd.notes.values()) == len(accepted)  # nothing refused was run
 
 
@@ -156,7 +169,7 @@ def test_postgresql_refusing_connections_for_10_s(
     settings = settings_for(url, tmp_path, heartbeat_interval=1.0)
     with TestClient(create_app(settings), headers=AUTH) as api:
         deploy_acme(api)
-        accepted = outage_and_back(api, subs, postgres.stop, postgres.start)
+        accepted = outage_and_back(api, subs, postgres.stop, postgres.start, counts)
         assert_every_run_ended_once(api, accepted, counts)
 
 
@@ -177,22 +190,36 @@ def small_disk() -> Iterator[Path]:
 
 
 def test_sqlite_on_a_full_disk_for_10_s(
-    small_disk: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+    small_disk: Path,
+    pd: respx.MockRouter,
+    subs: FakeSubscriptions,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Measured before: 69 of 120 runs never started until the process was restarted."""
-    counts = PagerDutyCounts(pd)
+    """Measured before: 69 of 120 runs never started until the process was restarted.
+    Each GET takes 3 s, so the disk fills while runs are in one: DBOS cannot write its
+    checkpoint (its own retries cover a lost connection, not a full disk), the run
+    stops where it is, and the sweeper resumes it once the disk has room."""
+    caplog.set_level(logging.INFO, logger="pdc")
+    counts = PagerDutyCounts(pd, delay=3.0)
     settings = settings_for(
         f"sqlite+aiosqlite:///{small_disk / 'pdc.db'}", small_disk, heartbeat_interval=1.0
     )
     filler = small_disk / "filler"
 
     def fill() -> None:
+        # SQLite writes into WAL space it already has even on a full disk: the log is
+        # emptied first, so every write after needs room the disk no longer has.
+        with sqlite3.connect(small_disk / "pdc.db") as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
 
     with TestClient(create_app(settings), headers=AUTH) as api:
         deploy_acme(api)
-        accepted = outage_and_back(api, subs, fill, filler.unlink)
-        assert_every_run_ended_once(api, accepted, counts)
+        accepted = outage_and_back(api, subs, fill, filler.unlink, counts)
+        assert_every_run_ended_once(api, accepted, counts, in_flight=8)
+    said = caplog.text
+    assert "waits for the database: OperationalError: database or disk is full" in said
+    assert re.search(r"resumed \d+ runs left pending with no task", said)
 
 
 def test_pagerduty_unreachable_for_20_s(database_url: str, tmp_path: Path) -> None:
