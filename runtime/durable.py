@@ -492,6 +492,11 @@ class Durable:
                 execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
             )
 
+    async def cancel(self, execution_id: str) -> None:
+        """Cancel an execution's run wherever it is: queued, it never starts; running (in
+        any process), it stops when it next reaches DBOS, before its next step."""
+        await DBOS.cancel_workflow_async(execution_id)
+
     async def retry_point(self, execution: ExecutionRow) -> int:
         """The DBOS step a retry of ``execution`` starts from (the steps before it keep
         their recorded outputs): the first attempt of the flow step that failed; else,

@@ -48,6 +48,7 @@ API: list[BaseRoute] = [
     Route("/executions/{id}", executions.get_execution, methods=["GET"]),
     Route("/executions/{id}/retry", executions.retry_execution, methods=["POST"]),
     Route("/executions/{id}/replay", executions.replay_execution, methods=["POST"]),
+    Route("/executions/{id}/cancel", executions.cancel_execution, methods=["POST"]),
     Route("/test-runs", executions.run_test_step, methods=["POST"]),
 ]
 

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pagerduty_connector.runtime.durable import partition
+from pagerduty_connector.runtime.durable import UNFINISHED, partition
 from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404, shown
 from pagerduty_connector.runtime.routes.connections import find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, json_answer, record
@@ -158,6 +158,27 @@ async def retry_execution(request: Request) -> JSONResponse:
         original.id, checkpoint, retry["id"], partition(original.instance_id, original.flow)
     )
     return JSONResponse({"execution": retry["id"], "retryOf": original.id}, status_code=202)
+
+
+async def cancel_execution(request: Request) -> JSONResponse:
+    """
+    summary: Cancel an execution that has not ended (a queued run never starts; a running
+      one stops before its next step; Retry runs it on from there)
+    responses:
+      200: {description: the execution, now cancelled}
+      404: {description: no such execution}
+      409: {description: the execution has ended}
+    """
+    engine = engine_of(request)
+    async with engine.store.session() as db:
+        row = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+    if row.status not in UNFINISHED:
+        raise HTTPException(409, f"execution '{row.id}' is {row.status}: it has ended")
+    await engine.durable.cancel(row.id)
+    await engine.finish(row.id, "cancelled", error="cancelled by an operator")
+    async with engine.store.session() as db:
+        cancelled = await row_or_404(db, ExecutionRow, row.id, "execution")
+    return JSONResponse(execution_view(cancelled, full=False))
 
 
 async def replay_execution(request: Request) -> JSONResponse:

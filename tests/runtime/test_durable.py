@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -24,6 +25,7 @@ from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.durable import SealedSerializer, system_database_url
 from pagerduty_connector.runtime.store import now
 from tests.conftest import REST
+from tests.support.processes import wait_until
 from tests.support.runtime import (
     AUTH,
     EVENT,
@@ -523,3 +525,83 @@ def test_a_step_whose_input_renders_to_nothing_ends_its_run_failed_and_can_be_re
         assert retry["status"] == "failed" and retry["error"] == record["error"]
         assert retry["steps"][0]["result"] == record["steps"][0]["result"]
     assert (get.call_count, note.call_count) == (1, 0)
+
+
+@pytest.fixture
+def held_api(
+    database_url: str, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> Iterator[tuple[TestClient, asyncio.Event, dict[str, int]]]:
+    """The runtime running one run of a flow at a time, its GET held until released; the
+    client, the release, and what reached PagerDuty."""
+    settings = settings_for(
+        database_url, tmp_path, flow_concurrency=1, step_backoff=0, heartbeat_interval=0.5
+    )
+    release = asyncio.Event()
+    sent = {"get": 0, "note": 0}
+
+    async def incident(request: httpx2.Request) -> httpx2.Response:
+        sent["get"] += 1
+        await release.wait()
+        return httpx2.Response(200, json=INCIDENT)
+
+    async def note(request: httpx2.Request) -> httpx2.Response:
+        sent["note"] += 1
+        return httpx2.Response(201, json={"note": {"id": "N1"}})
+
+    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=incident)
+    pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=note)
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        deploy_acme(api)
+        yield api, release, sent
+
+
+def test_an_operator_cancels_a_queued_and_a_running_run_then_retries_them(
+    held_api: tuple[TestClient, asyncio.Event, dict[str, int]], subs: FakeSubscriptions
+) -> None:
+    api, release, sent = held_api
+    running = deliver(api, subs, PATH, "running").json()["execution"]
+    queued = deliver(api, subs, PATH, "queued").json()["execution"]
+    wait_until(lambda: sent["get"] == 1, 10, "the first run to be in its GET")
+    for execution in (queued, running):
+        cancelled = api.post(f"/api/executions/{execution}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+    assert api.post(f"/api/executions/{running}/cancel").status_code == 409  # it has ended
+    api.portal.call(release.set)  # type: ignore[union-attr]
+    time.sleep(1.5)  # the running one reaches DBOS again, and stops there; the queued never starts
+    assert sent == {"get": 1, "note": 0}
+    records = [api.get(f"/api/executions/{e}").json() for e in (running, queued)]
+    assert [(r["status"], r["error"]) for r in records] == [
+        ("cancelled", "cancelled by an operator")
+    ] * 2
+    retries = [api.post(f"/api/executions/{e}/retry") for e in (running, queued)]
+    assert [r.status_code for r in retries] == [202, 202], [r.text for r in retries]
+    drain(api)
+    done = [api.get(f"/api/executions/{r.json()['execution']}").json() for r in retries]
+    assert [d["status"] for d in done] == ["succeeded", "succeeded"]
+    assert sent["note"] == 2  # one note for each, none for the cancelled runs
+    assert sent["get"] <= 3  # the cut GET may be asked again, once
+
+
+def test_a_run_cancelled_outside_the_runtime_ends_cancelled_in_its_record(
+    held_api: tuple[TestClient, asyncio.Event, dict[str, int]], subs: FakeSubscriptions
+) -> None:
+    """A run whose DBOS workflow ended without the execution's record saying so (here
+    cancelled with DBOS's own API, as an operator's DBOS tools would) is settled by the
+    sweeper: measured before, such executions stayed ``received`` or ``running``."""
+    from dbos import DBOS
+
+    api, release, sent = held_api
+    deliver(api, subs, PATH, "first")
+    queued = deliver(api, subs, PATH, "second").json()["execution"]
+    wait_until(lambda: sent["get"] == 1, 10, "the first run to be in its GET")
+    api.portal.call(DBOS.cancel_workflow_async, queued)  # type: ignore[union-attr]
+    record = wait_until(
+        lambda: (r := api.get(f"/api/executions/{queued}").json())["status"] == "cancelled" and r,
+        10,
+        "the sweeper to settle the cancelled run",
+    )
+    assert record["error"] == "the run was cancelled" and record["finishedAt"]
+    api.portal.call(release.set)  # type: ignore[union-attr]
+    drain(api)
+    assert sent == {"get": 1, "note": 1}  # the first run only
