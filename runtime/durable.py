@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
+from pagerduty_connector.runtime.logs import throttle
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     ExecutionRow,
@@ -238,6 +239,8 @@ class Durable:
         if not settings.runs_flows:
             # Queued runs are left to the worker processes; this one only enqueues.
             DBOS.listen_queues([])
+        # While the database is away each DBOS thread complains every second.
+        throttle("dbos")
         # Launched from the running loop: DBOS then runs queued workflows on this loop.
         DBOS.launch()
         self.queue = await DBOS.register_queue_async(

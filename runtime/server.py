@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import time
 from collections import Counter
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
@@ -42,12 +41,10 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pagerduty_connector.component.redact import MASK, get_logger, redact
+from pagerduty_connector.runtime.logs import SUMMARY_EVERY, throttle
 from pagerduty_connector.runtime.settings import RuntimeSettings
 
 log = get_logger("server")
-# Seconds between two summaries of what the guards closed (and between two lines of a
-# throttled complaint).
-SUMMARY_EVERY = 10.0
 # File descriptors kept for everything but client connections: database pools, the
 # writer's pipes, DBOS's threads, log files.
 RESERVED_DESCRIPTORS = 256
@@ -212,35 +209,6 @@ class GuardedH11(H11Protocol):
         self.transport.close()
 
 
-class Throttled(logging.Filter):
-    """Lets one record of each message through per ``SUMMARY_EVERY`` seconds, and says
-    how many like it were held back (asyncio's accept errors, uvicorn's invalid
-    requests: one per connection otherwise)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Keep the first of a kind per period; drop the rest, counting them."""
-        if record.levelno < logging.WARNING:
-            return True
-        kind = str(record.msg)[:80]
-        moment = time.monotonic()
-        if moment - self._last.get(kind, -SUMMARY_EVERY) < SUMMARY_EVERY:
-            self._held[kind] += 1
-            return False
-        self._last[kind] = moment
-        held = self._held.pop(kind, 0)
-        if held:
-            record.msg = f"{record.getMessage()} ({held} more like this were not logged)"
-            record.args = None
-        record.exc_info = None  # the same traceback every time tells nothing new
-        record.exc_text = None
-        return True
-
-
 class MaskedQuery(logging.Filter):
     """The access log's path without secrets: values of query parameters that name one
     (``token``, ``code``, ``state``, ``link``...) masked, registered secrets masked."""
@@ -299,9 +267,7 @@ def uvicorn_config(
     guard = ConnectionGuard(
         descriptors_for(settings.max_connections), settings.header_timeout, settings.body_timeout
     )
-    throttle = Throttled()
-    for name in ("asyncio", "uvicorn.error"):
-        logging.getLogger(name).addFilter(throttle)
+    throttle("asyncio", "uvicorn.error")
     return uvicorn.Config(
         app,
         **{

@@ -23,7 +23,8 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pagerduty_connector.component.standin.server import free_port, running
-from pagerduty_connector.runtime.server import GuardedH11, Throttled, mask_query
+from pagerduty_connector.runtime.logs import Throttled
+from pagerduty_connector.runtime.server import GuardedH11, mask_query
 from pagerduty_connector.triggers.signature import sign
 from tests.support.processes import serve_env, wait_until
 from tests.support.runtime import EVENT, FLOW, make_connection
@@ -74,11 +75,14 @@ def test_a_complaint_repeated_per_connection_is_logged_once_a_period() -> None:
         for _ in range(500)
     ]
     kept = [r for r in records if throttle.filter(r)]
-    assert len(kept) == 1 and kept[0].exc_info is None  # one line, no traceback
-    later = logging.LogRecord("asyncio", logging.ERROR, "", 0, records[0].msg, None, None)
+    assert len(kept) == 1 and kept[0].exc_info is not None  # the first, with its traceback
+    later = logging.LogRecord(
+        "asyncio", logging.ERROR, "", 0, records[0].msg, None, (OSError, OSError(24, ""), None)
+    )
     throttle._last[str(later.msg)[:80]] -= 60  # the period has passed
     assert throttle.filter(later)
     assert later.getMessage().endswith("(499 more like this were not logged)")
+    assert later.exc_info is None  # a repeat: the same traceback again tells nothing
 
 
 @pytest.fixture
