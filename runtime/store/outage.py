@@ -1,7 +1,8 @@
 """What a database outage looks like to the runtime, and how its work waits one out.
 
-A PostgreSQL restart, a server refusing connections, a dropped connection, a full
-disk under SQLite: each surfaces as a different exception from a different driver
+A PostgreSQL restart, a server refusing connections or writes (a failover leaves the
+old primary read-only), a dropped connection, a full disk under SQLite: each surfaces
+as a different exception from a different driver
 (asyncpg for the store, psycopg in the writer process and DBOS, sqlite3 under both),
 often wrapped by SQLAlchemy. ``unavailable`` tells them apart from errors that are
 ours (a bad statement, a constraint), so that:
@@ -48,6 +49,16 @@ _SQLITE_OUTAGES = (
 )
 
 
+def _outage_state(sqlstate: object) -> bool:
+    """Whether a PostgreSQL SQLSTATE says the server is away or will not write now: a
+    connection exception (08), insufficient resources (53: disk full, too many
+    connections), operator intervention (57P: shutting down, starting up), or a
+    read-only transaction (25006: a standby, or a primary demoted by a failover)."""
+    return isinstance(sqlstate, str) and (
+        sqlstate.startswith(("08", "53", "57P")) or sqlstate == "25006"
+    )
+
+
 @functools.cache
 def _driver_outages() -> tuple[type[BaseException], ...]:
     """The drivers' own exception classes for a lost or refused connection."""
@@ -86,6 +97,8 @@ def unavailable(exc: BaseException) -> bool:
         if isinstance(current, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
             return True
         if isinstance(current, _driver_outages()):
+            return True
+        if _outage_state(getattr(current, "sqlstate", None)):
             return True
         if isinstance(current, sqlite3.OperationalError):
             return any(sign in str(current).lower() for sign in _SQLITE_OUTAGES)

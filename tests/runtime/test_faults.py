@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx2
 import pytest
 import respx
@@ -171,6 +172,36 @@ def test_postgresql_refusing_connections_for_10_s(
         deploy_acme(api)
         accepted = outage_and_back(api, subs, postgres.stop, postgres.start, counts)
         assert_every_run_ended_once(api, accepted, counts)
+
+
+def test_postgresql_refusing_writes_for_10_s(
+    postgres: PostgresServer, tmp_path: Path, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """The server takes connections but refuses every write (``default_transaction_read_
+    only``, as a standby or a demoted primary after a failover answers): 503s, then back."""
+    counts = PagerDutyCounts(pd)
+    url = asyncio.run(create_database(postgres.url))
+    settings = settings_for(url, tmp_path, heartbeat_interval=1.0)
+
+    def read_only(on: bool) -> Callable[[], None]:
+        async def switch() -> None:
+            admin = await asyncpg.connect(postgres.url.replace("+asyncpg", ""))
+            await admin.execute(f"ALTER SYSTEM SET default_transaction_read_only = {on}")
+            await admin.execute("SELECT pg_reload_conf()")
+            # Sessions already open keep their transaction mode: end them, as a failover
+            # would (each side reconnects and finds the server read-only).
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname IS NOT NULL"
+            )
+            await admin.close()
+
+        return lambda: asyncio.run(switch())
+
+    with TestClient(create_app(settings), headers=AUTH) as api:
+        deploy_acme(api)
+        accepted = outage_and_back(api, subs, read_only(True), read_only(False), counts)
+        assert_every_run_ended_once(api, accepted, counts, in_flight=8)
 
 
 @pytest.fixture
