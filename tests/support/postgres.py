@@ -71,8 +71,8 @@ class PostgresServer:
     def _run(self, *args: str) -> None:
         subprocess.run(args, check=True, capture_output=True, user=self.user, timeout=120)
 
-    def start(self) -> None:
-        """Start it and wait until it takes connections."""
+    def _pg_ctl(self, *action: str) -> None:
+        """``pg_ctl`` on this server's folder, with its options and log, waiting."""
         self._run(
             self.pg_ctl,
             "-D",
@@ -82,30 +82,22 @@ class PostgresServer:
             "-l",
             str(self.root / "log"),
             "-w",
-            "start",
+            *action,
         )
+
+    def start(self) -> None:
+        """Start it and wait until it takes connections."""
+        self._pg_ctl("start")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop it (``fast``: disconnect every client, as an operator's restart does;
         ``immediate``: as a crash)."""
-        self._run(self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._pg_ctl("-m", mode, "stop")
 
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is dropped, the server is back in
         well under a second."""
-        self._run(
-            self.pg_ctl,
-            "-D",
-            str(self.data),
-            "-o",
-            self.options,
-            "-l",
-            str(self.root / "log"),
-            "-m",
-            "fast",
-            "-w",
-            "restart",
-        )
+        self._pg_ctl("-m", "fast", "restart")
 
     def remove(self) -> None:
         """Stop it if it runs and delete its folder."""
