@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
     from pagerduty_connector.runtime.engine import Engine
     from pagerduty_connector.runtime.flows import Step
+    from pagerduty_connector.runtime.store import Store
 
 log = get_logger("durable")
 QUEUE = "pdc-flows"
@@ -429,12 +430,7 @@ class Durable:
         """Record the end of executions still ``received``/``running`` whose workflow has
         ended (an error DBOS recorded, a cancellation, an end whose record could not be
         written); their ids."""
-        workflows = table(
-            "workflow_status",
-            column("workflow_uuid"),
-            column("status"),
-            schema=None if self.engine.store.is_sqlite else "dbos",
-        )
+        workflows = workflow_table(self.engine.store)
         query = (
             select(ExecutionRow.id)
             .join(workflows, workflows.c.workflow_uuid == ExecutionRow.id)
@@ -531,6 +527,13 @@ class Durable:
                     await asyncio.sleep(0.05)
 
 
+def workflow_table(store: Store) -> Any:
+    """DBOS's table of workflows (``workflow_status``, documented among its system tables)
+    in the runtime's database, for joins with the executions: one row per run."""
+    schema = None if store.is_sqlite else "dbos"
+    return table("workflow_status", column("workflow_uuid"), column("status"), schema=schema)
+
+
 def partition(instance_id: str, flow: str) -> str:
     """The queue partition of a flow: its concurrency limit holds per partition."""
     return f"{instance_id}/{flow}"
@@ -609,29 +612,19 @@ async def call_action(
         result = await engine.run_action(connection, action, inputs, urls)
     except ComponentError as exc:
         method = getattr(engine.manifest.runnable(action), "request", None)
-        return {
-            "ok": False,
-            "error": redact(f"{type(exc).__name__}: {exc}"),
-            "retryable": retryable(exc, method.method if method else None),
-            "checkpoint": DBOS.step_id,
-        }
+        return _failed(f"{type(exc).__name__}: {exc}", retryable(exc, method and method.method))
     except Exception as exc:
         if unavailable(exc):  # the database, not PagerDuty or the step (an OAuth refresh)
-            return {
-                "ok": False,
-                "error": redact(f"the database was unavailable: {why(exc)}"),
-                "retryable": True,
-                "checkpoint": DBOS.step_id,
-            }
+            return _failed(f"the database was unavailable: {why(exc)}", True)
         # A fault of ours: the step fails, with why, and is not retried.
         log.exception("step %s of execution %s failed unexpectedly", action, DBOS.workflow_id)
-        return {
-            "ok": False,
-            "error": redact(f"unexpected error: {type(exc).__name__}: {exc}"),
-            "retryable": False,
-            "checkpoint": DBOS.step_id,
-        }
+        return _failed(f"unexpected error: {type(exc).__name__}: {exc}", False)
     return {"ok": True, "result": result, "checkpoint": DBOS.step_id}
+
+
+def _failed(error: str, retry: bool) -> dict[str, Any]:
+    """A failed attempt as ``call_action`` returns it (and DBOS keeps it)."""
+    return {"ok": False, "error": redact(error), "retryable": retry, "checkpoint": DBOS.step_id}
 
 
 async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 import httpx2
-from sqlalchemy import column, func, table
+from sqlalchemy import func
 
 from pagerduty_connector.component.client import ClientSettings, PagerDutyClient
 from pagerduty_connector.component.context import StepContext
@@ -30,7 +30,7 @@ from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.deploy import DeployLocks
-from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition
+from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition, workflow_table
 from pagerduty_connector.runtime.intake import IntakeCache
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import (
@@ -169,11 +169,7 @@ class Engine:
         if older_than is not None:
             query = query.where(ExecutionRow.received_at <= now() - timedelta(seconds=older_than))
         if unqueued:
-            workflows = table(
-                "workflow_status",
-                column("workflow_uuid"),
-                schema=None if self.store.is_sqlite else "dbos",
-            )
+            workflows = workflow_table(self.store)
             known = select(workflows.c.workflow_uuid).where(
                 workflows.c.workflow_uuid == ExecutionRow.id
             )
