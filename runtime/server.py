@@ -233,9 +233,13 @@ def mask_query(path: str) -> str:
     return redact(path)
 
 
-def descriptors_for(wanted: int) -> int:
-    """Raise this process's descriptor limit to its hard limit; the connections that
-    fit under it beside ``RESERVED_DESCRIPTORS`` (at most ``wanted``)."""
+def descriptors_for(wanted: int) -> tuple[int, int]:
+    """Raise this process's descriptor limit to its hard limit; the connections that fit
+    under it (at most ``wanted``) and the listen backlog, beside ``RESERVED_DESCRIPTORS``.
+
+    asyncio accepts up to ``backlog`` connections in one turn of the loop, before any of
+    them reaches the guard: a burst at the connection limit holds that many descriptors
+    more for a moment, so the backlog comes out of the same budget."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
@@ -244,7 +248,9 @@ def descriptors_for(wanted: int) -> int:
             soft = target
         except (ValueError, OSError):
             pass
-    room = max(soft - RESERVED_DESCRIPTORS, 16)
+    budget = max(soft - RESERVED_DESCRIPTORS, 32)
+    backlog = min(max(budget // 4, 16), 2048)
+    room = budget - backlog
     if wanted > room:
         log.warning(
             "PDC_MAX_CONNECTIONS=%d does not fit under the descriptor limit (%d); %d are "
@@ -253,7 +259,7 @@ def descriptors_for(wanted: int) -> int:
             soft,
             room,
         )
-    return min(wanted, room)
+    return min(wanted, room), backlog
 
 
 def uvicorn_config(
@@ -264,9 +270,8 @@ def uvicorn_config(
     intake benchmark, which serves the runtime as ``pdc serve`` does, without logs)."""
     import uvicorn
 
-    guard = ConnectionGuard(
-        descriptors_for(settings.max_connections), settings.header_timeout, settings.body_timeout
-    )
+    connections, backlog = descriptors_for(settings.max_connections)
+    guard = ConnectionGuard(connections, settings.header_timeout, settings.body_timeout)
     throttle("asyncio", "uvicorn.error")
     return uvicorn.Config(
         app,
@@ -274,6 +279,7 @@ def uvicorn_config(
             "host": host,
             "port": port,
             "loop": loop,
+            "backlog": backlog,
             "http": type("GuardedH11", (GuardedH11,), {"guard": guard}),
             "log_level": "info",
             "timeout_keep_alive": int(settings.keepalive_timeout),
