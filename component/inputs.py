@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.errors import InputError, did_you_mean
 from pagerduty_connector.component.manifest import Input, InputType
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -49,7 +49,8 @@ def clean_inputs(owner: str, declared: list[Input], raw: Mapping[str, Any]) -> C
         raise InputError(
             owner,
             unknown[0],
-            f"is not an input of this step (known inputs: {', '.join(sorted(known))})",
+            f"is not an input of this step{did_you_mean(unknown[0], known)} "
+            f"(known inputs: {', '.join(sorted(known))})",
         )
     out = CleanedInputs()
     for spec in declared:

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from dbos import Queue
 
     from pagerduty_connector.runtime.engine import Engine
-    from pagerduty_connector.runtime.flows import Step
     from pagerduty_connector.runtime.store import Store
 
 log = get_logger("durable")
@@ -502,8 +501,7 @@ class Durable:
         for a run that failed between attempts (a template, the database, a fault of
         ours), the first DBOS step that recorded an error, or the one after the last
         step recorded, so that nothing that reached PagerDuty is sent again."""
-        failed = next((s for s in execution.steps or [] if s.get("status") == "failed"), None)
-        attempts = (failed or {}).get("attempts") or []
+        attempts = failed_attempts(execution.steps or [])
         if attempts:
             return int(attempts[0]["checkpoint"])
         recorded = await DBOS.list_workflow_steps_async(execution.id)
@@ -525,6 +523,24 @@ class Durable:
                     await handle.get_result()
                 except Exception:  # the record says what went wrong; or not queued yet
                     await asyncio.sleep(0.05)
+
+
+def failed_attempts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The attempts of the first failed action in ``records``, nested steps included
+    (a branch's, a loop item's): where a retry starts."""
+    for record in records:
+        if record.get("status") != "failed":
+            continue
+        if record.get("attempts"):
+            return list(record["attempts"])
+        inner = [
+            *(record.get("steps") or []),
+            *(r for item in record.get("items") or [] for r in item),
+        ]
+        found = failed_attempts(inner)
+        if found:
+            return found
+    return []
 
 
 def workflow_table(store: Store) -> Any:
@@ -619,23 +635,60 @@ async def call_action(
         # A fault of ours: the step fails, with why, and is not retried.
         log.exception("step %s of execution %s failed unexpectedly", action, DBOS.workflow_id)
         return _failed(f"unexpected error: {type(exc).__name__}: {exc}", False)
-    return {"ok": True, "result": result, "checkpoint": DBOS.step_id}
+    return {"ok": True, "result": result, "checkpoint": DBOS.step_id, "at": now().isoformat()}
 
 
 def _failed(error: str, retry: bool) -> dict[str, Any]:
     """A failed attempt as ``call_action`` returns it (and DBOS keeps it)."""
-    return {"ok": False, "error": redact(error), "retryable": retry, "checkpoint": DBOS.step_id}
+    return {
+        "ok": False,
+        "error": redact(error),
+        "retryable": retry,
+        "checkpoint": DBOS.step_id,
+        "at": now().isoformat(),
+    }
 
 
-async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Run a flow step, retrying retryable failures with backoff; raise ``StepFailed``."""
-    engine = current()
+class DurableServices:
+    """What a durable run's steps need (``steps.Services``): every effect a DBOS step or
+    a durable sleep, and a clock made of recorded times only (the run's start, then each
+    attempt's end and each wait's end), so a resumed run renders what it rendered."""
+
+    def __init__(self, engine: Engine, plan: dict[str, Any], started: str) -> None:
+        from pagerduty_connector.runtime.templates import parse_time
+
+        self.engine, self.plan, self.manifest = engine, plan, engine.manifest
+        self._parse = parse_time
+        self.clock = parse_time(started)
+
+    def now(self) -> Any:
+        """The run's clock."""
+        return self.clock
+
+    def advance(self, moment: str | None) -> None:
+        """Move the clock on to a recorded moment (never back)."""
+        if moment:
+            self.clock = max(self.clock, self._parse(moment))
+
+    async def action(self, step: Any, inputs: dict[str, Any], record: dict[str, Any]) -> Any:
+        """The action, each attempt a checkpoint, retried (``attempt``)."""
+        return await attempt(self, step, inputs, record)
+
+
+async def attempt(
+    services: DurableServices, step: Any, inputs: dict[str, Any], record: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a flow step, retrying retryable failures with backoff; raise ``StepFailed``.
+    Every attempt is listed in the step's ``record``."""
+    engine, plan = current(), services.plan
     settings = engine.settings
     execution_id = DBOS.workflow_id or ""
     tries: list[dict[str, Any]] = []
+    record["attempts"] = tries
     for number in range(1, settings.step_attempts + 1):
         await engine.durable.between_steps(execution_id)
         outcome = await call_action(plan["connection"], step.action, inputs, plan["urls"])
+        services.advance(outcome.get("at"))
         tries.append(
             {
                 "attempt": number,
@@ -644,7 +697,6 @@ async def attempt(plan: dict[str, Any], step: Step, inputs: dict[str, Any]) -> d
                 "checkpoint": outcome["checkpoint"],  # the DBOS step a retry forks from
             }
         )
-        plan.setdefault("attempts", {})[step.name] = tries
         if outcome["ok"]:
             return outcome["result"]
         if not outcome["retryable"] or number == settings.step_attempts:
@@ -672,11 +724,10 @@ async def run_execution() -> str:
             error = "the instance or flow no longer exists"
             await engine.finish(execution_id, "failed", error=error)
             return "failed"
-        await mark_started(execution_id)
+        started = await mark_started(execution_id)
         flow = Flow.model_validate(plan["flow"])
-        status, records = await run_flow(
-            flow, engine.manifest, plan["trigger"], lambda step, inputs: attempt(plan, step, inputs)
-        )
+        services = DurableServices(engine, plan, started)
+        status, records = await run_flow(flow, engine.manifest, plan["trigger"], services)
     except Exception as exc:
         if unavailable(exc):
             # DBOS could not write a checkpoint (its own retries cover a lost
@@ -691,9 +742,5 @@ async def run_execution() -> str:
     finally:
         engine.durable.live.discard(execution_id)
         engine.durable.parked.discard(execution_id)
-    for record in records:
-        tries = plan.get("attempts", {}).get(record["name"])
-        if tries:
-            record["attempts"] = tries
     await engine.finish(execution_id, status, steps=records)
     return status

@@ -255,3 +255,20 @@ def test_the_installed_runtime_deploys_and_records_a_delivery(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_source_package_is_listed_for_the_wheel() -> None:
+    """``packages`` in pyproject.toml is explicit (tests/ and bench/ stay out): a package
+    added to the source and not listed would be missing from the wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join([ROOT, *init.parent.relative_to(REPO).parts])
+        for init in REPO.rglob("__init__.py")
+        if not {"tests", "bench", ".venv", "node_modules", "build"}
+        & set(init.relative_to(REPO).parts)
+    }
+    assert sorted(found - listed) == []

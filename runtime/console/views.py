@@ -41,7 +41,15 @@ templates = Jinja2Templates(
 templates.env.filters["pretty"] = lambda value: redact(
     json.dumps(value, indent=2, sort_keys=True, default=str)
 )
-STATUSES = ("received", "running", "succeeded", "failed", "cancelled", "skipped")
+STATUSES = (
+    "received",
+    "running",
+    "succeeded",
+    "succeeded_with_errors",
+    "failed",
+    "cancelled",
+    "skipped",
+)
 EXAMPLE_INSTANCE = """\
 name: acme-oncall
 connection: ops

@@ -113,7 +113,7 @@ async def run_test_step(request: Request) -> JSONResponse:
     return JSONResponse({"result": result})
 
 
-RETRYABLE = ("failed", "cancelled")
+RETRYABLE = ("failed", "cancelled", "succeeded_with_errors")
 
 
 async def retry_execution(request: Request) -> JSONResponse:

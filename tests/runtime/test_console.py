@@ -194,7 +194,7 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
 
     shown = console.get(f"/console/executions/{execution}")
     assert shown.status_code == 200 and "Invalid Input Provided" in shown.text
-    assert "Retry from the failed step" in shown.text and "createIncidentNote" in shown.text
+    assert "Retry from where it stopped" in shown.text and "createIncidentNote" in shown.text
     assert "Investigating: Server is on fire" in shown.text  # the note's input, templated
     assert_no_secret(shown.text)
 

@@ -1,0 +1,250 @@
+"""Step kinds: what a flow's steps can be, each one module here plus its schema.
+
+A step is a mapping with a ``name`` (a word; later steps refer to its output as
+``steps.<name>``), an optional ``when`` (a Jinja expression: the step is skipped, with
+the reason, when it is false) and ``onError`` (``stop``, the default, or ``continue``),
+and exactly one key that says what it is: ``action`` (an action or data source of the
+component), ``if`` and ``switch`` (branches of nested steps), ``forEach`` (nested steps
+for each item of a list), ``wait`` (a durable pause), ``http`` (a request to a service
+other than PagerDuty), ``set`` (variables for later steps) or ``state`` (a key/value
+store of the instance, across runs). Each kind is a ``StepModel`` registered with
+``@kind``: its pydantic model is its schema (exported in the component document), its
+``check`` runs at deploy and its ``run`` at run time, through the ``Runner`` below,
+which records every step (and the steps of the branch not taken, as skipped).
+
+Effects that must survive a crash (an action's request, a wait, an HTTP request, a
+state change) go through the ``Services`` of the run: in a durable run each is a
+checkpoint of the workflow (``runtime/durable.py``), so it is never done twice.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, Union
+
+from jinja2 import TemplateError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from pagerduty_connector.component.errors import ComponentError, InputError
+from pagerduty_connector.component.redact import redact
+from pagerduty_connector.runtime import templates
+
+if TYPE_CHECKING:
+    from pagerduty_connector.component.manifest import Manifest
+
+NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Scope = dict[str, Any]
+Record = dict[str, Any]
+
+
+class StepModel(BaseModel):
+    """What every step has; a kind adds the key that marks it and its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    KEY: ClassVar[str]
+    # What the kind is for, in the component document and the console.
+    SUMMARY: ClassVar[str] = ""
+    # Whether steps after this one may use its nested steps' outputs (a branch's: they
+    # are the run's; a loop item's are not, the loop's own output lists them).
+    EXPORTS_NESTED: ClassVar[bool] = True
+    name: str = Field(pattern=NAME, description="A word; later steps use steps.<name>.")
+    when: str | None = Field(
+        default=None, description="A Jinja expression; the step is skipped when it is false."
+    )
+    onError: Literal["stop", "continue"] = Field(
+        default="stop",
+        description="On failure: stop the run (failed), or go on (it ends succeeded_with_errors).",
+    )
+
+    def nested(self) -> list[tuple[str, list[StepModel]]]:
+        """The kind's groups of nested steps, by label (a branch, a loop's body)."""
+        return []
+
+    def check(self, checker: Checker, seen: list[str]) -> None:
+        """Deploy-time checks of the kind's own fields (``seen``: steps that run before)."""
+
+    async def run(self, runner: Runner, scope: Scope, record: Record) -> Any:
+        """Do the step; return its output (``steps.<name>``) or raise to fail it."""
+        raise NotImplementedError
+
+    def describe(self, record: Record) -> None:
+        """Add what the record of this step shows besides name and kind."""
+
+
+KINDS: dict[str, type[StepModel]] = {}
+
+
+def kind(model: type[StepModel]) -> type[StepModel]:
+    """Register a step kind under its ``KEY``."""
+    if model.KEY in KINDS and KINDS[model.KEY] is not model:
+        raise ValueError(f"step kind '{model.KEY}' is defined twice")
+    KINDS[model.KEY] = model
+    return model
+
+
+def kind_of(value: Any) -> str | None:
+    """Which kind a step is: its model's, or the one key of ``KINDS`` a mapping has."""
+    if isinstance(value, StepModel):
+        return value.KEY
+    if isinstance(value, dict):
+        present = [key for key in KINDS if key in value]
+        return present[0] if len(present) == 1 else None
+    return None
+
+
+class Services(Protocol):
+    """What steps need from the run that executes them."""
+
+    manifest: Manifest
+
+    async def action(self, step: Any, inputs: dict[str, Any], record: Record) -> Any:
+        """Run an action or data source (retried, each attempt kept in ``record``)."""
+        ...
+
+    def now(self) -> datetime:
+        """The run's clock (see ``runtime/templates.py``)."""
+        ...
+
+    async def wait(self, seconds: float, record: Record) -> None:
+        """Pause the run for ``seconds`` (durably: a restart does not shorten it)."""
+        ...
+
+    async def http(self, request: dict[str, Any], record: Record) -> Any:
+        """Send an HTTP request to a service other than PagerDuty."""
+        ...
+
+    async def state(self, operation: dict[str, Any]) -> Any:
+        """Get, set, increment or delete a value of the instance's key/value store."""
+        ...
+
+    async def each(self, step: Any, items: list[Any], scope: Scope) -> list[tuple[str, Any, list]]:
+        """Run a loop's body for every item: (status, outputs, records) per item."""
+        ...
+
+
+class StepStopped(ComponentError):
+    """A nested step failed and stopped its group: the step holding it fails too."""
+
+
+class Runner:
+    """Runs steps in order and records each: status, inputs, output, timing, and why a
+    step did not run. One per run (or per loop item)."""
+
+    def __init__(self, flow_name: str, services: Services) -> None:
+        self.flow_name, self.services = flow_name, services
+        self.swallowed = 0  # failures that onError: continue let the run go past
+
+    def owner(self, step: StepModel) -> str:
+        """How errors name a step: ``flow.step``."""
+        return f"{self.flow_name}.{step.name}"
+
+    def render(self, step: StepModel, key: str, value: Any, scope: Scope) -> Any:
+        """A field of ``step`` rendered; ``TemplateFailed`` naming it on failure."""
+        return templates.render_input(self.owner(step), key, value, scope)
+
+    async def run_steps(self, steps: list[StepModel], scope: Scope) -> tuple[str, list[Record]]:
+        """Run ``steps``; ``("failed", records)`` once one fails with ``onError: stop``,
+        else ``("succeeded", records)``."""
+        records: list[Record] = []
+        for step in steps:
+            record: Record = {"name": step.name, "kind": step.KEY}
+            step.describe(record)
+            started = time.perf_counter()
+            try:
+                if step.when and not self.render(step, "when", "{{" + step.when + "}}", scope):
+                    record.update(status="skipped", reason=f"its when ({step.when}) was false")
+                    records.append(record)
+                    continue
+                output = await step.run(self, scope, record)
+                scope["steps"][step.name] = output
+                record["status"] = "succeeded"
+            except (ComponentError, TemplateError, TypeError, ValueError) as exc:
+                record.update(status="failed", error=redact(f"{type(exc).__name__}: {exc}"))
+            record["durationMs"] = round((time.perf_counter() - started) * 1000, 2)
+            records.append(record)
+            if record["status"] == "failed":
+                if step.onError == "stop":
+                    return "failed", records
+                self.swallowed += 1
+        return "succeeded", records
+
+
+def skipped(steps: list[StepModel], reason: str) -> list[Record]:
+    """Records of steps that did not run, and why (a branch not taken)."""
+    return [{"name": s.name, "kind": s.KEY, "status": "skipped", "reason": reason} for s in steps]
+
+
+def walk(steps: list[StepModel]) -> Iterator[StepModel]:
+    """Every step, nested ones included, in order."""
+    for step in steps:
+        yield step
+        for _, group in step.nested():
+            yield from walk(group)
+
+
+class Checker:
+    """Deploy-time checks of a flow's steps: each kind's own, templates compiled,
+    functions and filters known, and every ``steps.x`` one that runs before."""
+
+    def __init__(self, flow_name: str, manifest: Manifest) -> None:
+        self.flow_name, self.manifest = flow_name, manifest
+        self.warnings: list[str] = []
+
+    def owner(self, step: StepModel) -> str:
+        """How errors name a step: ``flow.step``."""
+        return f"{self.flow_name}.{step.name}"
+
+    def template(
+        self, step: StepModel, key: str, value: Any, seen: list[str], *, owner: str | None = None
+    ) -> None:
+        """Compile the templates in ``value`` and check the steps they refer to."""
+        owner = owner or self.owner(step)
+        templates.check(owner, key, value)
+        for _, text in templates.strings(value):
+            for ref in templates.step_references(text):
+                if ref not in seen:
+                    raise InputError(
+                        owner, key, f"refers to step '{ref}', which does not run before"
+                    )
+
+    def steps(self, steps: list[StepModel], seen: list[str]) -> list[str]:
+        """Check ``steps`` in order; the names known after them."""
+        seen = list(seen)
+        for step in steps:
+            if step.when:
+                self.template(step, "when", "{{" + step.when + "}}", seen)
+            step.check(self, seen)
+            seen.append(step.name)
+            if step.EXPORTS_NESTED:
+                seen += [inner.name for inner in walk([step]) if inner is not step]
+        return seen
+
+
+def load_kinds() -> None:
+    """Import every kind module of this package, so each registers."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def step_type() -> Any:
+    """The pydantic type of one step: the union of every kind, told apart by its key."""
+    load_kinds()
+    members = tuple(Annotated[model, Tag(key)] for key, model in KINDS.items())
+    return Annotated[
+        Union[members],  # noqa: UP007 (a union built at run time)
+        Discriminator(
+            kind_of,
+            custom_error_type="step_kind",
+            custom_error_message=f"a step needs exactly one of: {', '.join(KINDS)}",
+        ),
+    ]
+
+
+def rebuild(step: Any) -> None:
+    """Resolve the nested-step fields of every kind (``list[AnyStep]``) to ``step``."""
+    for model in KINDS.values():
+        model.model_rebuild(_types_namespace={"AnyStep": step})
