@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pagerduty_connector.component.contracts import Trigger
 from pagerduty_connector.component.errors import DeployError, InputError
 from pagerduty_connector.component.registry import TRIGGERS
-from pagerduty_connector.runtime.flows import Flow, validate_flow
+from pagerduty_connector.runtime.flows import Flow, actions_of, validate_flow
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     InstanceRow,
@@ -86,10 +86,10 @@ def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
         trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
         if trigger.scope:
             needs[f"flow '{flow.name}' trigger"] = trigger.scope
-        for step in flow.steps:
-            scope = getattr(engine.manifest.runnable(step.action), "scope", None)
+        for name, action in actions_of(flow):
+            scope = getattr(engine.manifest.runnable(action), "scope", None)
             if scope:
-                needs[f"flow '{flow.name}' step '{step.name}'"] = scope
+                needs[f"flow '{flow.name}' step '{name}'"] = scope
     return needs
 
 

@@ -60,6 +60,10 @@ QUEUE = "pdc-flows"
 # partition's runs by enqueue time, then by workflow id, and execution ids are
 # time-ordered: see ``new_id``).
 ORDERED_QUEUE = "pdc-ordered"
+# Flows with a wait step: a waiting run holds its place in its queue's partition for as
+# long as it waits, so these have a bound of their own (PDC_WAITING_CONCURRENCY), or
+# four runs waiting ten minutes would hold up every other run of their flow.
+PATIENT_QUEUE = "pdc-patient"
 # One version for every process: DBOS recovers only workflows of its own version, and
 # any replica must be able to finish another's executions.
 APPLICATION_VERSION = "pdc-1"
@@ -174,7 +178,7 @@ LOST_AFTER = 30.0
 SWEEP_BATCH = 200
 # DBOS statuses of a workflow that has ended.
 ENDED = ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
-UNFINISHED = ("received", "running")
+UNFINISHED = ("received", "running", "waiting")
 
 
 class StepFailed(ComponentError):
@@ -251,6 +255,11 @@ class Durable:
         await DBOS.register_queue_async(
             ORDERED_QUEUE,
             partition_concurrency=1,
+            polling_interval_sec=settings.queue_polling_interval,
+        )
+        self.patient = await DBOS.register_queue_async(
+            PATIENT_QUEUE,
+            partition_concurrency=settings.waiting_concurrency,
             polling_interval_sec=settings.queue_polling_interval,
         )
         await self.beat()
@@ -336,15 +345,18 @@ class Durable:
         finally:
             self.parked.discard(execution_id)
 
-    async def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
+    async def submit(
+        self, execution_id: str, instance_id: str, flow: str, *, patient: bool = False
+    ) -> None:
         """Queue the workflow of a recorded execution (idempotent: its id is the
         execution's, so a second submit finds the first)."""
-        assert self.queue is not None
+        queue = self.patient if patient else self.queue
+        assert queue is not None
         with (
             SetWorkflowID(execution_id),
             SetEnqueueOptions(queue_partition_key=partition(instance_id, flow)),
         ):
-            await self.queue.enqueue_async(run_execution)
+            await queue.enqueue_async(run_execution)
 
     async def beat(self) -> None:
         """Say this process is alive."""
@@ -482,12 +494,21 @@ class Durable:
             log.warning("resumed %d runs left pending with no task", len(orphans))
         return [run.workflow_id for run in orphans]
 
-    async def fork(self, execution_id: str, checkpoint: int, new_id: str, partition: str) -> None:
+    async def fork(
+        self,
+        execution_id: str,
+        checkpoint: int,
+        new_id: str,
+        partition: str,
+        *,
+        patient: bool = False,
+    ) -> None:
         """Run execution ``execution_id`` again as ``new_id`` from its DBOS step
         ``checkpoint``: the steps before it keep their recorded outputs."""
+        queue = PATIENT_QUEUE if patient else QUEUE
         with SetWorkflowID(new_id):
             await DBOS.fork_workflow_async(
-                execution_id, checkpoint, queue_name=QUEUE, queue_partition_key=partition
+                execution_id, checkpoint, queue_name=queue, queue_partition_key=partition
             )
 
     async def cancel(self, execution_id: str) -> None:
@@ -555,11 +576,13 @@ def partition(instance_id: str, flow: str) -> str:
     return f"{instance_id}/{flow}"
 
 
-def placement(instance_id: str, flow: str, key: str | None) -> tuple[str, str]:
-    """Where a run waits: its flow's partition, or with a concurrency key that key's
-    partition of the ordered queue."""
+def placement(
+    instance_id: str, flow: str, key: str | None, *, patient: bool = False
+) -> tuple[str, str]:
+    """Where a run waits: its flow's partition (of the patient queue when the flow has
+    a wait step), or with a concurrency key that key's partition of the ordered queue."""
     if key is None:
-        return QUEUE, partition(instance_id, flow)
+        return PATIENT_QUEUE if patient else QUEUE, partition(instance_id, flow)
     return ORDERED_QUEUE, f"{partition(instance_id, flow)}#{key}"
 
 
@@ -673,6 +696,25 @@ class DurableServices:
     async def action(self, step: Any, inputs: dict[str, Any], record: dict[str, Any]) -> Any:
         """The action, each attempt a checkpoint, retried (``attempt``)."""
         return await attempt(self, step, inputs, record)
+
+    async def wait(self, seconds: float, record: dict[str, Any]) -> None:
+        """A durable sleep (DBOS records when it ends; a resumed run sleeps only what is
+        left), the execution shown as ``waiting`` meanwhile; the clock then moves to the
+        end of the wait. A planned stop need not wait for it."""
+        durable, execution_id = self.engine.durable, DBOS.workflow_id or ""
+        await durable.between_steps(execution_id)
+        until = self.clock.add(seconds=seconds)
+        if seconds > 0:
+            why = f"waiting until {until.isoformat()} (step {record['name']})"
+            await self._status(execution_id, {"status": "waiting", "reason": why})
+            async with durable.resting(execution_id):
+                await DBOS.sleep_async(seconds)
+            await self._status(execution_id, {"status": "running", "reason": None})
+        self.clock = until
+
+    async def _status(self, execution_id: str, values: dict[str, Any]) -> None:
+        update = partial(self.engine.writer.update, execution_id, values)
+        await patiently(update, f"execution {execution_id}")
 
 
 async def attempt(

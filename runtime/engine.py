@@ -139,10 +139,6 @@ class Engine:
         )
         return await run_step(ctx, key, inputs)
 
-    async def submit(self, execution_id: str, instance_id: str, flow: str) -> None:
-        """Queue the durable run of a recorded execution."""
-        await self.durable.submit(execution_id, instance_id, flow)
-
     async def waiting(self, instance_id: str, flow: str) -> int:
         """How many recorded executions of a flow have not started yet."""
         async with self.store.session() as db:
@@ -185,12 +181,19 @@ class Engine:
         for execution_id, instance_id, flow, retry_of in rows:
             async with self.store.session() as db:
                 original = await db.get(ExecutionRow, retry_of) if retry_of else None
+            patient = await self.patient(instance_id, flow)
             if original is None:
-                await self.submit(execution_id, instance_id, flow)
+                await self.durable.submit(execution_id, instance_id, flow, patient=patient)
                 continue
             point = await self.durable.retry_point(original)
-            await self.durable.fork(original.id, point, execution_id, partition(instance_id, flow))
+            place = partition(instance_id, flow)
+            await self.durable.fork(original.id, point, execution_id, place, patient=patient)
         return len(rows)
+
+    async def patient(self, instance_id: str, flow: str) -> bool:
+        """Whether a flow has a wait step (its runs use the patient queue)."""
+        target = await self.intake.get(instance_id)
+        return bool(target and flow in target.patient)
 
     async def finish(
         self,

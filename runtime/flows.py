@@ -34,11 +34,13 @@ __all__ = [
     "Flow",
     "FlowTrigger",
     "TemplateFailed",
+    "actions_of",
     "concurrency_key",
     "render",
     "render_input",
     "run_flow",
     "validate_flow",
+    "waits",
 ]
 
 # One step of any kind, told apart by the key it has (``action``, ``if``, ...).
@@ -163,6 +165,16 @@ async def run_flow(
     if status == "succeeded" and runner.swallowed:
         status = "succeeded_with_errors"
     return status, records
+
+
+def actions_of(flow: Flow) -> list[tuple[str, str]]:
+    """(step name, action key) of every action step, nested ones included."""
+    return [(step.name, step.action) for step in walk(flow.steps) if step.KEY == "action"]
+
+
+def waits(flow: Flow) -> bool:
+    """Whether the flow has a wait step (its runs go to the patient queue)."""
+    return any(step.KEY == "wait" for step in walk(flow.steps))
 
 
 def concurrency_key(flow: dict[str, Any], trigger_output: dict[str, Any]) -> str | None:

@@ -47,6 +47,8 @@ class IntakeTarget:
     flows: dict[str, dict[str, Any]]
     secrets: dict[str, list[str]]
     connection: ConnectionRow | None
+    # The flows that have a wait step (their runs go to the patient queue).
+    patient: frozenset[str] = frozenset()
 
 
 class IntakeCache:
@@ -204,4 +206,12 @@ class IntakeCache:
             flows={f["name"]: f for f in instance.flows},
             secrets=secrets,
             connection=connection,
+            patient=patient_flows(instance.flows),
         )
+
+
+def patient_flows(flows: list[dict[str, Any]]) -> frozenset[str]:
+    """The names of the flows that have a wait step."""
+    from pagerduty_connector.runtime.flows import Flow, waits
+
+    return frozenset(f["name"] for f in flows if waits(Flow.model_validate(f)))

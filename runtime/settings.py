@@ -66,6 +66,12 @@ class RuntimeSettings(BaseSettings):
         description="On SIGTERM, seconds the steps in flight have to finish before they are "
         "cut (and sent again when their runs resume); open requests get as long.",
     )
+    waiting_concurrency: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Executions of one flow with a wait step running (or waiting) at once.",
+    )
     role: Literal["all", "web", "worker"] = Field(
         default="all",
         description="all: serve and run flows; web: serve only (flows run in workers); "

@@ -30,6 +30,7 @@ from pagerduty_connector.runtime.console.session import (
     sign_out,
     token_matches,
 )
+from pagerduty_connector.runtime.flows import Flow, actions_of
 from pagerduty_connector.runtime.tokens import granted_covers
 
 templates = Jinja2Templates(
@@ -44,6 +45,7 @@ templates.env.filters["pretty"] = lambda value: redact(
 STATUSES = (
     "received",
     "running",
+    "waiting",
     "succeeded",
     "succeeded_with_errors",
     "failed",
@@ -170,7 +172,7 @@ async def execution(request: Request) -> Response:
         record = await call(request, "GET", f"/executions/{request.path_params['id']}")
     except ApiError as exc:
         return page(request, "error.html", exc.status, message=exc.message)
-    live = record["status"] in ("received", "running")
+    live = record["status"] in ("received", "running", "waiting")
     return page(request, "execution.html", e=record, live=live)
 
 
@@ -364,7 +366,8 @@ def scopes_needed(spec: dict[str, Any], instances: list[dict[str, Any]]) -> dict
         wanted = needs.setdefault(instance["connection"] or "", {})
         for flow in instance["flows"]:
             uses = [("trigger", flow["trigger"]["type"])]
-            uses += [(f"step '{s['name']}'", s["action"]) for s in flow["steps"]]
+            steps = actions_of(Flow.model_validate(flow))
+            uses += [(f"step '{name}'", action) for name, action in steps]
             for where, key in uses:
                 if scope_of.get(key):
                     place = f"{instance['name']}: flow '{flow['name']}' {where}"

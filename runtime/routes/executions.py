@@ -155,7 +155,11 @@ async def retry_execution(request: Request) -> JSONResponse:
     )
     await engine.writer.record(retry)
     await engine.durable.fork(
-        original.id, checkpoint, retry["id"], partition(original.instance_id, original.flow)
+        original.id,
+        checkpoint,
+        retry["id"],
+        partition(original.instance_id, original.flow),
+        patient=await engine.patient(original.instance_id, original.flow),
     )
     return JSONResponse({"execution": retry["id"], "retryOf": original.id}, status_code=202)
 

@@ -104,7 +104,8 @@ async def record(
     }
     if reason is None:  # its run is queued in the transaction that records it
         key = concurrency_key(flow, output)
-        row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key)
+        patient = flow["name"] in target.patient
+        row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key, patient=patient)
     if not await engine.writer.record(row):
         return 200, {"duplicate": True, "webhookId": row["webhook_id"], "eventId": row["event_id"]}
     return 202, {"execution": row["id"], "status": status}
