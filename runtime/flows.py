@@ -131,20 +131,6 @@ class _ActionsOnly:
     async def state(self, operation: dict[str, Any]) -> Any:
         raise InputError("run", "state", "this run has no state store")
 
-    async def each(self, step: Any, items: list[Any], scope: dict[str, Any]) -> list[Any]:
-        runner = Runner(step.name, self)
-        results = []
-        for item in items:
-            inner = {**scope, "steps": dict(scope["steps"]), "item": item}
-            status, records = await runner.run_steps(step.steps, inner)
-            results.append((status, _outputs(step, inner), records))
-        return results
-
-
-def _outputs(step: Any, scope: dict[str, Any]) -> dict[str, Any]:
-    """A loop item's outputs: its nested steps' outputs by name."""
-    return {s.name: scope["steps"][s.name] for s in step.steps if s.name in scope["steps"]}
-
 
 async def run_flow(
     flow: Flow, manifest: Manifest, trigger_output: dict[str, Any], services: Any

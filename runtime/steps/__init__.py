@@ -121,10 +121,6 @@ class Services(Protocol):
         """Get, set, increment or delete a value of the instance's key/value store."""
         ...
 
-    async def each(self, step: Any, items: list[Any], scope: Scope) -> list[tuple[str, Any, list]]:
-        """Run a loop's body for every item: (status, outputs, records) per item."""
-        ...
-
 
 class StepStopped(ComponentError):
     """A nested step failed and stopped its group: the step holding it fails too."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -605,3 +606,53 @@ def test_a_run_cancelled_outside_the_runtime_ends_cancelled_in_its_record(
     api.portal.call(release.set)  # type: ignore[union-attr]
     drain(api)
     assert sent == {"get": 1, "note": 1}  # the first run only
+
+
+def test_a_loop_retried_resumes_at_the_failed_item(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """Each item's steps are checkpoints: a retry starts at the item that failed, and the
+    items before it are not sent again."""
+    sent: list[str] = []
+
+    def note(request: httpx2.Request) -> httpx2.Response:
+        text = json.loads(request.content)["note"]["content"]
+        sent.append(text)
+        if text == "b" and sent.count("b") == 1:
+            return httpx2.Response(403, json={"error": {"message": "Forbidden", "code": 2010}})
+        return httpx2.Response(201, json={"note": {"id": f"N-{text}"}})
+
+    pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=note)
+    looping = {
+        **FLOW,
+        "steps": [
+            {
+                "name": "each",
+                "forEach": "{{ trigger.event.data.alerts }}",
+                "steps": [
+                    {
+                        "name": "note",
+                        "action": "createIncidentNote",
+                        "inputs": {"id": "Q1P5", "note": "{{ item }}"},
+                    },
+                ],
+            }
+        ],
+    }
+    assert durable_api.put(
+        "/api/instances/acme", json={"connection": "ops", "flows": [looping]}
+    ).is_success
+    event = copy.deepcopy(EVENT)
+    event["event"]["data"]["alerts"] = ["a", "b", "c"]
+    answer = deliver(durable_api, subs, PATH, "loop", event=event)
+    drain(durable_api)
+    failed = durable_api.get(f"/api/executions/{answer.json()['execution']}").json()
+    assert failed["status"] == "failed" and sent == ["a", "b"]
+    retried = durable_api.post(f"/api/executions/{failed['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    drain(durable_api)
+    retry = durable_api.get(f"/api/executions/{retried.json()['execution']}").json()
+    assert retry["status"] == "succeeded", retry
+    assert sent == ["a", "b", "b", "c"]  # item a kept its recorded output
+    outputs = retry["steps"][0]["result"]
+    assert [o["note"]["data"]["note"]["id"] for o in outputs] == ["N-a", "N-b", "N-c"]

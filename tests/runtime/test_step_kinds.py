@@ -240,3 +240,81 @@ def test_flows_keep_their_kind_keys_when_stored() -> None:
     dumped = make([branch]).model_dump()
     assert dumped["steps"][0]["if"] == "x" and "else" in dumped["steps"][0]
     assert Flow.model_validate(dumped).model_dump() == dumped
+
+
+ALERTS = {
+    "alerts": [
+        {"id": "A1", "summary": "disk"},
+        {"id": "A2", "summary": "cpu"},
+        {"id": "A3", "summary": "ram"},
+    ]
+}
+
+
+def loop(body: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"name": "each_alert", "forEach": "{{ trigger.alerts }}", "steps": body, **extra}
+
+
+async def test_for_each_runs_its_steps_per_item_in_order_and_collects_outputs(
+    manifest: Manifest,
+) -> None:
+    note = {
+        "name": "note",
+        "action": "createIncidentNote",
+        "inputs": {"id": "P1", "note": "{{ index }}: {{ item.summary }}"},
+    }
+    after = {
+        "name": "count",
+        "set": {
+            "n": "{{ steps.each_alert | length }}",
+            "first": "{{ steps.each_alert.0.note.data.echo.note }}",
+        },
+    }
+    recorder = Recorder()
+    status, records = await run_flow(make([loop([note]), after]), manifest, ALERTS, recorder)
+    assert status == "succeeded"
+    assert [i["note"] for _, i in recorder.calls] == ["0: disk", "1: cpu", "2: ram"]
+    assert records[0]["count"] == 3 and len(records[0]["items"]) == 3
+    assert records[0]["items"][1][0]["inputs"]["note"] == "1: cpu"
+    assert records[1]["values"] == {"n": 3, "first": "0: disk"}
+
+
+async def test_a_failing_item_stops_the_loop_unless_it_continues(manifest: Manifest) -> None:
+    async def fails_on_cpu(step: Any, inputs: dict[str, Any]) -> Any:
+        if "cpu" in inputs["note"]:
+            raise InputError("demo.note", "note", "refused")
+        return {"data": {}}
+
+    note = {
+        "name": "note",
+        "action": "createIncidentNote",
+        "inputs": {"id": "P1", "note": "{{ item.summary }}"},
+    }
+    status, records = await run_flow(make([loop([note])]), manifest, ALERTS, fails_on_cpu)
+    assert status == "failed" and len(records[0]["items"]) == 2
+    assert records[0]["error"] == "StepStopped: item 1 of 3 failed"
+    status, records = await run_flow(
+        make([loop([note], onError="continue")]), manifest, ALERTS, fails_on_cpu
+    )
+    assert status == "succeeded_with_errors"
+    assert len(records[0]["items"]) == 3 and records[0]["failedItems"] == 1
+
+
+async def test_for_each_needs_a_list_and_a_free_name(manifest: Manifest) -> None:
+    note = {"name": "note", **NOTE}
+    bad = {"name": "each_alert", "forEach": "{{ trigger.alerts.0.id }}", "steps": [note]}
+    status, records = await run_flow(make([bad]), manifest, ALERTS, Recorder())
+    assert status == "failed" and "rendered a str, not a list" in records[0]["error"]
+    with pytest.raises(InputError, match="'steps' is taken"):
+        validate_flow(make([loop([note], **{"as": "steps"})]), manifest)
+    # The body's steps are the loop's: after it, its output lists them.
+    outside = [
+        loop([note]),
+        {
+            "name": "x",
+            "action": "createIncidentNote",
+            "inputs": {"id": "P1", "note": "{{ steps.note }}"},
+        },
+    ]
+    with pytest.raises(InputError, match="refers to step 'note', which does not run before"):
+        validate_flow(make(outside), manifest)
