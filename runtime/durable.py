@@ -432,10 +432,13 @@ class Durable:
     async def sweep(self) -> None:
         """Leave no execution unfinished with nothing running it: settle the executions
         whose run ended without saying so, resume this process's runs left pending with
-        no task, queue the records whose run was never queued."""
+        no task, queue the records whose run was never queued; and drop expired state."""
+        from pagerduty_connector.runtime import state
+
         await self.settle_ended()
         await self.resume_orphans()
         await self.engine.requeue_unfinished(older_than=LOST_AFTER)
+        await state.sweep(self.engine.store)
 
     async def settle_ended(self) -> list[str]:
         """Record the end of executions still ``received``/``running`` whose workflow has
@@ -697,6 +700,12 @@ class DurableServices:
         """The action, each attempt a checkpoint, retried (``attempt``)."""
         return await attempt(self, step, inputs, record)
 
+    async def state(self, operation: dict[str, Any]) -> Any:
+        """A key/value operation on the instance's store: one checkpoint, so a resumed
+        run does not increment twice."""
+        await self.engine.durable.between_steps(DBOS.workflow_id or "")
+        return await state_operation(self.plan["instance"], operation)
+
     async def wait(self, seconds: float, record: dict[str, Any]) -> None:
         """A durable sleep (DBOS records when it ends; a resumed run sleeps only what is
         left), the execution shown as ``waiting`` meanwhile; the clock then moves to the
@@ -715,6 +724,17 @@ class DurableServices:
     async def _status(self, execution_id: str, values: dict[str, Any]) -> None:
         update = partial(self.engine.writer.update, execution_id, values)
         await patiently(update, f"execution {execution_id}")
+
+
+@DBOS.step(name="pdc.state")
+async def state_operation(instance_id: str, operation: dict[str, Any]) -> Any:
+    """One operation on an instance's key/value store, as a checkpoint."""
+    from pagerduty_connector.runtime import state
+
+    engine = current()
+    return await patiently(
+        partial(state.operate, engine.store, instance_id, operation), f"state of {instance_id}"
+    )
 
 
 async def attempt(

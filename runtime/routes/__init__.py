@@ -41,6 +41,7 @@ API: list[BaseRoute] = [
     Route("/instances/{name}", instances.get_instance, methods=["GET"]),
     Route("/instances/{name}", instances.redeploy_instance, methods=["PUT"]),
     Route("/instances/{name}", instances.delete_instance, methods=["DELETE"]),
+    Route("/instances/{name}/state", instances.instance_state, methods=["GET"]),
     Route("/instances/{name}/{action:str}", instances.set_enabled, methods=["POST"]),
     Route("/instances/{name}/flows/{flow}/test", instances.test_flow, methods=["POST"]),
     Route("/instances/{name}/flows/{flow}/stats", executions.flow_stats, methods=["GET"]),

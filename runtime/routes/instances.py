@@ -18,6 +18,7 @@ from pagerduty_connector.component.errors import (
 )
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime import state
 from pagerduty_connector.runtime.deploy import (
     deploy,
     scopes_needed,
@@ -228,8 +229,23 @@ async def delete_instance(request: Request) -> Response:
             await db.execute(delete(SubscriptionRow).where(SubscriptionRow.instance_id == name))
             await db.execute(delete(InstanceRow).where(InstanceRow.id == name))
             await db.commit()
+        await state.forget(engine.store, name)
     await engine.intake.announce(name)
     return Response(status_code=204)
+
+
+async def instance_state(request: Request) -> JSONResponse:
+    """
+    summary: An instance's key/value store as its flows left it (state steps)
+    responses:
+      200: {description: "each live key: value, expiresAt, updatedAt"}
+      404: {description: no such instance}
+    """
+    engine = engine_of(request)
+    name = request.path_params["name"]
+    async with engine.store.session() as db:
+        await row_or_404(db, InstanceRow, name, "instance")
+    return JSONResponse(await state.listed(engine.store, name))
 
 
 async def test_flow(request: Request) -> JSONResponse:

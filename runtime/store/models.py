@@ -139,6 +139,22 @@ class OAuthStateRow(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class StateRow(Base):
+    """One value of an instance's key/value store (the ``state`` step)."""
+
+    __tablename__ = "state"
+    instance_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # Bumped by every change: a change names the version it read, so two at once cannot
+    # both apply (an increment read twice would count once).
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 class ExecutorRow(Base):
     """A runtime process (DBOS executor) and when it last said it was alive."""
 
