@@ -26,9 +26,11 @@ from sqlalchemy import delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pagerduty_connector.component.contracts import Trigger
-from pagerduty_connector.component.errors import DeployError, InputError
+from pagerduty_connector.component.errors import DeployError, InputError, did_you_mean
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.flows import Flow, actions_of, validate_flow
+from pagerduty_connector.runtime.outbound import CREDENTIAL_TYPES
+from pagerduty_connector.runtime.steps import walk
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     InstanceRow,
@@ -77,6 +79,36 @@ def validate_flows(engine: Engine, instance: str, flows: list[Flow]) -> list[str
     if duplicate:
         raise InputError(instance, "flows", f"flow name '{duplicate}' is used twice")
     return [w for flow in flows for w in validate_flow(flow, engine.manifest)]
+
+
+def credentials_of(flow: Flow) -> list[tuple[str, str]]:
+    """(step name, connection name) of every http step with a credential."""
+    return [
+        (step.name, step.http.credential)
+        for step in walk(flow.steps)
+        if step.KEY == "http" and step.http.credential
+    ]
+
+
+async def check_credentials(engine: Engine, flows: list[Flow]) -> None:
+    """Every http step's credential is a stored connection of an http type (never a
+    PagerDuty one: its key goes to PagerDuty only); ``InputError`` naming the step."""
+    async with engine.store.session() as db:
+        rows = (await db.execute(select(ConnectionRow.name, ConnectionRow.type))).all()
+    types = dict(rows)
+    for flow in flows:
+        for step, name in credentials_of(flow):
+            owner = f"{flow.name}.{step}"
+            if name not in types:
+                hint = did_you_mean(name, [n for n, t in types.items() if t in CREDENTIAL_TYPES])
+                raise InputError(owner, "credential", f"no connection '{name}'{hint}")
+            if types[name] not in CREDENTIAL_TYPES:
+                raise InputError(
+                    owner,
+                    "credential",
+                    f"'{name}' is a {types[name]} connection; an http step takes one of type "
+                    f"{', '.join(CREDENTIAL_TYPES)} (PagerDuty keys go to PagerDuty only)",
+                )
 
 
 def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:

@@ -24,6 +24,7 @@ import logging
 import pickle
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -698,7 +699,16 @@ class DurableServices:
 
     async def action(self, step: Any, inputs: dict[str, Any], record: dict[str, Any]) -> Any:
         """The action, each attempt a checkpoint, retried (``attempt``)."""
-        return await attempt(self, step, inputs, record)
+        plan = self.plan
+        return await attempt(
+            self,
+            record,
+            lambda: call_action(plan["connection"], step.action, inputs, plan["urls"]),
+        )
+
+    async def http(self, request: dict[str, Any], record: dict[str, Any]) -> Any:
+        """An http step's request, each attempt a checkpoint, retried (``attempt``)."""
+        return await attempt(self, record, lambda: http_call(request))
 
     async def state(self, operation: dict[str, Any]) -> Any:
         """A key/value operation on the instance's store: one checkpoint, so a resumed
@@ -726,6 +736,37 @@ class DurableServices:
         await patiently(update, f"execution {execution_id}")
 
 
+@DBOS.step(name="pdc.http")
+async def http_call(request: dict[str, Any]) -> dict[str, Any]:
+    """One attempt of an http step's request (``runtime/outbound.py``), with its
+    credential opened here, inside the step, so no secret is in the workflow's inputs."""
+    from pagerduty_connector.runtime.outbound import OutboundError
+
+    engine = current()
+    try:
+        credential = None
+        if request.get("credential"):
+            credential = await engine.credential(request["credential"])
+        answer = await engine.outbound.send(
+            request["method"],
+            request["url"],
+            request.get("headers") or {},
+            request.get("body"),
+            credential,
+            request.get("timeout") or 10.0,
+        )
+    except OutboundError as exc:
+        return _failed(f"{type(exc).__name__}: {exc}", exc.retryable)
+    except ComponentError as exc:
+        return _failed(f"{type(exc).__name__}: {exc}", False)
+    except Exception as exc:
+        if unavailable(exc):
+            return _failed(f"the database was unavailable: {why(exc)}", True)
+        log.exception("http step of execution %s failed unexpectedly", DBOS.workflow_id)
+        return _failed(f"unexpected error: {type(exc).__name__}: {exc}", False)
+    return {"ok": True, "result": answer, "checkpoint": DBOS.step_id, "at": now().isoformat()}
+
+
 @DBOS.step(name="pdc.state")
 async def state_operation(instance_id: str, operation: dict[str, Any]) -> Any:
     """One operation on an instance's key/value store, as a checkpoint."""
@@ -738,18 +779,18 @@ async def state_operation(instance_id: str, operation: dict[str, Any]) -> Any:
 
 
 async def attempt(
-    services: DurableServices, step: Any, inputs: dict[str, Any], record: dict[str, Any]
-) -> dict[str, Any]:
-    """Run a flow step, retrying retryable failures with backoff; raise ``StepFailed``.
-    Every attempt is listed in the step's ``record``."""
-    engine, plan = current(), services.plan
+    services: DurableServices, record: dict[str, Any], call: Callable[[], Awaitable[Any]]
+) -> Any:
+    """Make a step's ``call`` (one checkpoint per attempt), retrying retryable failures
+    with backoff; raise ``StepFailed``. Every attempt is listed in the step's ``record``."""
+    engine = current()
     settings = engine.settings
     execution_id = DBOS.workflow_id or ""
     tries: list[dict[str, Any]] = []
     record["attempts"] = tries
     for number in range(1, settings.step_attempts + 1):
         await engine.durable.between_steps(execution_id)
-        outcome = await call_action(plan["connection"], step.action, inputs, plan["urls"])
+        outcome = await call()
         services.advance(outcome.get("at"))
         tries.append(
             {

@@ -32,6 +32,7 @@ from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.deploy import DeployLocks
 from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition, workflow_table
 from pagerduty_connector.runtime.intake import IntakeCache
+from pagerduty_connector.runtime.outbound import CREDENTIAL_TYPES, Outbound
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
@@ -74,6 +75,7 @@ class Engine:
         self.writer = ExecutionWriter(store, settings.secret_key or "")
         self.deploys = DeployLocks(store)
         self.durable = Durable(self)
+        self.outbound = Outbound(settings.http_allow)
         self.started = False
         self.stopping = False
         self._readiness: asyncio.Future[dict[str, str]] | None = None
@@ -125,6 +127,16 @@ class Engine:
         client = self.client(self.connection_config(connection) if connection else None)
         self._clients[key] = (version, client)
         return client
+
+    async def credential(self, name: str) -> tuple[str, dict[str, Any]]:
+        """An http step's credential by connection name: its type and its values (the
+        sealed ones opened). ``ConfigurationError`` if it is missing or not such a type."""
+        async with self.store.session() as db:
+            query = select(ConnectionRow).where(ConnectionRow.name == name)
+            row = (await db.execute(query)).scalar_one_or_none()
+        if row is None or row.type not in CREDENTIAL_TYPES:
+            raise ConfigurationError(f"connection '{name}' is not an http credential")
+        return row.type, {**row.config, **self.box.open(row.secrets)}
 
     async def run_action(
         self,
@@ -271,6 +283,7 @@ class Engine:
         await self.writer.close()
         for client in [*(c for _, c in self._clients.values()), *self._retired]:
             await client.aclose()
+        await self.outbound.aclose()
 
 
 @asynccontextmanager

@@ -72,6 +72,11 @@ class RuntimeSettings(BaseSettings):
         le=100_000,
         description="Executions of one flow with a wait step running (or waiting) at once.",
     )
+    http_allow: str | None = Field(
+        default=None,
+        description="Hosts and networks an http step may reach besides public addresses "
+        "(comma-separated: hooks.internal, 10.0.0.0/8, 127.0.0.1).",
+    )
     role: Literal["all", "web", "worker"] = Field(
         default="all",
         description="all: serve and run flows; web: serve only (flows run in workers); "

@@ -2,8 +2,10 @@
 
 - ``component/`` (the connector framework) never imports ``runtime/``.
 - Every import of our own code goes through the one import root, ``pagerduty_connector``.
-- Only the PagerDuty client opens HTTP connections, plus authlib's OAuth client for
-  PagerDuty's identity endpoints (consent and refresh), which are not the REST API.
+- Only the PagerDuty client opens HTTP connections to PagerDuty, plus authlib's OAuth
+  client for PagerDuty's identity endpoints (consent and refresh), which are not the REST
+  API; the http step's pool (``runtime/outbound.py``) reaches other services only, and
+  never with a PagerDuty connection (its deploy check refuses one).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ ALLOWED_CLIENTS = {
     "runtime/tokens.py": {"authlib.integrations.httpx_client.AsyncOAuth2Client"},
     # The console calls the runtime's own API in process; see the test below.
     "runtime/console/api.py": {"httpx2.AsyncClient"},
+    # The http step: public addresses only, its own credentials (runtime/outbound.py).
+    "runtime/outbound.py": {"httpcore2.AsyncConnectionPool"},
 }
 
 

@@ -17,13 +17,18 @@ from starlette.responses import JSONResponse, Response
 from pagerduty_connector.component.errors import (
     InputError,
     PagerDutyError,
+    did_you_mean,
 )
 from pagerduty_connector.component.inputs import clean_inputs
+from pagerduty_connector.component.manifest import Input
 from pagerduty_connector.component.redact import MASK
 from pagerduty_connector.connections.oauth import OAUTH_TYPE
 from pagerduty_connector.runtime.consent import consent_url
+from pagerduty_connector.runtime.deploy import credentials_of
 from pagerduty_connector.runtime.engine import Engine
+from pagerduty_connector.runtime.flows import Flow
 from pagerduty_connector.runtime.http import engine_of, json_body, listed, parse
+from pagerduty_connector.runtime.outbound import CREDENTIAL_TYPES
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
     InstanceRow,
@@ -71,16 +76,28 @@ def connection_view(engine: Engine, row: ConnectionRow) -> dict[str, Any]:
     return view
 
 
+def connection_inputs(engine: Engine, type_key: str) -> list[Input]:
+    """The inputs of a connection type: the component's (PagerDuty), or an http step's
+    credential (``runtime/outbound.py``); ``InputError`` naming the nearest type."""
+    declared = next((c for c in engine.manifest.connections if c.key == type_key), None)
+    if declared is not None:
+        return declared.inputs
+    if type_key in CREDENTIAL_TYPES:
+        return CREDENTIAL_TYPES[type_key]
+    known = [*(c.key for c in engine.manifest.connections), *CREDENTIAL_TYPES]
+    hint = did_you_mean(type_key, known)
+    raise InputError(
+        "connection", "type", f"unknown connection type{hint} (known: {', '.join(known)})"
+    )
+
+
 def split_connection_inputs(
     engine: Engine, type_key: str, values: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Clean a connection's inputs; return ``(plain config, secrets)``."""
-    declared = next((c for c in engine.manifest.connections if c.key == type_key), None)
-    if declared is None:
-        known = ", ".join(c.key for c in engine.manifest.connections)
-        raise InputError("connection", "type", f"unknown connection type (known: {known})")
-    cleaned = clean_inputs(type_key, declared.inputs, values)
-    secret = {i.key for i in declared.inputs if i.secret}
+    inputs = connection_inputs(engine, type_key)
+    cleaned = clean_inputs(type_key, inputs, values)
+    secret = {i.key for i in inputs if i.secret}
     plain = {k: v for k, v in cleaned.items() if k not in secret and v is not None}
     return plain, {k: v for k, v in cleaned.items() if k in secret and v is not None}
 
@@ -175,8 +192,7 @@ async def update_connection(request: Request) -> JSONResponse:
         given = getattr(change, field)
         if given is not None and given != getattr(row, field):
             raise InputError("connection", field, f"cannot change ({getattr(row, field)!r})")
-    declared = next(c for c in engine.manifest.connections if c.key == row.type)
-    keys = {i.key for i in declared.inputs}
+    keys = {i.key for i in connection_inputs(engine, row.type)}
     stored_secrets = engine.box.open(row.secrets)
     merged = {
         **{k: v for k, v in row.config.items() if k in keys},
@@ -220,6 +236,15 @@ async def delete_connection(request: Request) -> Response:
     async with engine.store.session() as db:
         query = select(InstanceRow.id).where(InstanceRow.connection_id == row.id)
         users = sorted((await db.execute(query)).scalars())
+        if row.type in CREDENTIAL_TYPES:  # named by http steps, not held by the instance
+            instances = (await db.execute(select(InstanceRow.id, InstanceRow.flows))).all()
+            users = sorted(
+                name
+                for name, flows in instances
+                if any(
+                    row.name in dict(credentials_of(Flow.model_validate(f))).values() for f in flows
+                )
+            )
         if users:
             raise HTTPException(
                 409, f"connection '{row.name}' is used by instances: {', '.join(users)}"

@@ -20,6 +20,7 @@ from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime import state
 from pagerduty_connector.runtime.deploy import (
+    check_credentials,
     deploy,
     scopes_needed,
     teardown,
@@ -83,6 +84,7 @@ async def _validated(engine: Engine, data: InstanceIn) -> tuple[str | None, list
     """Validate every flow, step and input, and the connection's scopes; return the
     connection id and warnings."""
     warnings = validate_flows(engine, data.name, data.flows)
+    await check_credentials(engine, data.flows)
     if data.connection is None:
         return None, warnings
     connection = await find_connection(engine, data.connection)

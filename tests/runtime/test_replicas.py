@@ -84,7 +84,9 @@ class Replicas:
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
-                process.wait(timeout=30)
+        for process in self.processes.values():
+            # A planned stop may take its grace period (25 s) and more on a loaded machine.
+            process.wait(timeout=90)
         for client in self.clients.values():
             client.close()
 
