@@ -107,8 +107,9 @@ def _check_model(owner: str, spec: Input, value: Any, warnings: list[str]) -> An
     if spec.unknownValues == "warn":
         warnings.append(f"{owner}: input '{spec.key}': {value!r} is not a known value; sent as is")
         return value
+    hint = did_you_mean(str(value), spec.model)
     allowed = ", ".join(spec.model)
-    raise InputError(owner, spec.key, f"{value!r} is not one of: {allowed}")
+    raise InputError(owner, spec.key, f"{value!r} is not one of: {allowed}{hint}")
 
 
 def _boolean(owner: str, spec: Input, value: Any) -> bool:

@@ -87,21 +87,13 @@ def test_required_unknown_and_defaults() -> None:
     assert clean_inputs("act", declared, {"id": "P1"}) == {"id": "P1", "sortBy": "created_at:asc"}
 
 
-def test_unknown_trigger_events_are_accepted_with_a_warning(manifest: Manifest) -> None:
-    trigger = next(t for t in manifest.triggers if t.key == "incidentsTrigger")
-    cleaned = clean_inputs(
-        "incidentsTrigger",
-        trigger.inputs,
-        {
-            "events": ["incident.triggered", "incident.brand_new"],
-            "webhookDescription": "d",
-            "filterType": "account_reference",
-        },
+def test_unknown_values_of_a_warn_input_are_kept_with_a_warning() -> None:
+    spec = Input(
+        key="events", label="Events", collection="valuelist", model=["a.b"], unknownValues="warn"
     )
-    assert cleaned["events"] == ["incident.triggered", "incident.brand_new"]
-    assert cleaned.warnings == [
-        "incidentsTrigger: input 'events': 'incident.brand_new' is not a known value; sent as is"
-    ]
+    cleaned = clean_inputs("t", [spec], {"events": ["a.b", "a.new"]})
+    assert cleaned["events"] == ["a.b", "a.new"]
+    assert cleaned.warnings == ["t: input 'events': 'a.new' is not a known value; sent as is"]
 
 
 @pytest.mark.parametrize(
