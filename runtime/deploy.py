@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pagerduty_connector.component.contracts import Trigger
 from pagerduty_connector.component.errors import DeployError, InputError, did_you_mean
 from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime import schedules
 from pagerduty_connector.runtime.flows import Flow, actions_of, validate_flow
 from pagerduty_connector.runtime.outbound import CREDENTIAL_TYPES
 from pagerduty_connector.runtime.steps import walk
@@ -58,10 +59,18 @@ def by_hook(flows: list[dict[str, Any]]) -> list[tuple[Trigger, list[dict[str, A
     """
     grouped: dict[Any, tuple[Trigger, list[dict[str, Any]]]] = {}
     for flow in flows:
+        if schedules.is_scheduled(flow):  # DBOS keeps its schedule; PagerDuty holds nothing
+            continue
         trigger = TRIGGERS[flow["trigger"]["type"]]
         hook = getattr(trigger.deploy, "__func__", trigger.deploy)
         grouped.setdefault(hook, (trigger, []))[1].append(flow)
     return list(grouped.values())
+
+
+def leftover(held: list[Any]) -> list[tuple[Trigger, list[dict[str, Any]]]]:
+    """With no flow on a webhook trigger left, the webhook hook still runs (for no flows)
+    while the instance holds subscriptions, so they are removed."""
+    return [(next(iter(TRIGGERS.values())), [])] if held else []
 
 
 def subscription_of(engine: Engine, instance_id: str, flow: dict[str, Any]) -> Desired:
@@ -115,8 +124,8 @@ def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
     """Where each OAuth scope is needed: every step's action and every flow's trigger."""
     needs: dict[str, str] = {}
     for flow in flows:
-        trigger = next(t for t in engine.manifest.triggers if t.key == flow.trigger.type)
-        if trigger.scope:
+        trigger = next((t for t in engine.manifest.triggers if t.key == flow.trigger.type), None)
+        if trigger is not None and trigger.scope:
             needs[f"flow '{flow.name}' trigger"] = trigger.scope
         for name, action in actions_of(flow):
             scope = getattr(engine.manifest.runnable(action), "scope", None)
@@ -153,13 +162,22 @@ async def replace_held(
 
 
 def require_connection(instance: InstanceRow) -> None:
-    """Every trigger deploys through PagerDuty, so the instance needs a connection."""
-    if instance.flows and not instance.connection_id:
-        names = ", ".join(f"'{f['name']}'" for f in instance.flows)
+    """A flow on a webhook trigger, or with a PagerDuty action, needs a connection (a
+    scheduled flow of http steps alone does not)."""
+    if instance.connection_id:
+        return
+    webhooks = [f["name"] for f in instance.flows if not schedules.is_scheduled(f)]
+    if webhooks:
+        names = ", ".join(f"'{n}'" for n in webhooks)
         raise InputError(
             instance.id,
             "connection",
             f"flows {names} subscribe to PagerDuty webhooks, which needs a connection",
+        )
+    acting = next((f["name"] for f in instance.flows if actions_of(Flow.model_validate(f))), None)
+    if acting:
+        raise InputError(
+            instance.id, "connection", f"flow '{acting}' calls PagerDuty, which needs a connection"
         )
 
 
@@ -209,12 +227,16 @@ async def sync_triggers(
     is raised.
     """
     owned = owned_by(engine, instance.id)
-    urls = {engine.webhook_url(instance.id, f["name"]) for f in instance.flows}
+    urls = {
+        engine.webhook_url(instance.id, f["name"])
+        for f in instance.flows
+        if not schedules.is_scheduled(f)
+    }
     # Each hook removes only what no flow of the instance wants any more.
     unwanted = lambda url: owned(url) and url not in urls  # noqa: E731
     total = SyncResult()
     async with engine.client(engine.connection_config(connection)) as client:
-        for trigger, flows in by_hook(instance.flows):
+        for trigger, flows in by_hook(instance.flows) or leftover(held):
             desired = [subscription_of(engine, instance.id, f) for f in flows]
             try:
                 result = await trigger.deploy(client, desired, held, unwanted)
@@ -235,6 +257,21 @@ async def deploy(engine: Engine, instance: InstanceRow) -> list[str]:
     deleted again. The caller holds the instance's ``DeployLocks`` lock.
     """
     require_connection(instance)
+    if instance.connection_id is None:  # scheduled flows of http steps: nothing at PagerDuty
+        async with engine.store.session() as db:
+            if await held_subscriptions(engine, db, instance.id):
+                raise InputError(
+                    instance.id,
+                    "connection",
+                    "is needed to remove the webhook subscriptions its earlier flows hold",
+                )
+            await db.merge(instance)
+            await db.execute(
+                delete(SubscriptionRow).where(SubscriptionRow.instance_id == instance.id)
+            )
+            await db.commit()
+        await engine.intake.announce(instance.id)
+        return await schedules.sync(engine, instance.id)
     async with engine.store.session() as db:
         connection = await _connection_of(engine, db, instance)
         held = await held_subscriptions(engine, db, instance.id)
@@ -249,7 +286,8 @@ async def deploy(engine: Engine, instance: InstanceRow) -> list[str]:
             await undo_created(client, result.created)
         raise
     await engine.intake.announce(instance.id)
-    return result.log
+    # Stored first: a crash before this leaves the schedules to the sync at start.
+    return result.log + await schedules.sync(engine, instance.id)
 
 
 async def teardown(engine: Engine, instance: InstanceRow) -> list[str]:
@@ -261,6 +299,8 @@ async def teardown(engine: Engine, instance: InstanceRow) -> list[str]:
             connection = await _connection_of(engine, db, instance)
         owned = owned_by(engine, instance.id)
         async with engine.client(engine.connection_config(connection)) as client:
-            for trigger, _ in by_hook(instance.flows):
+            async with engine.store.session() as db:
+                held = await held_subscriptions(engine, db, instance.id)
+            for trigger, _ in by_hook(instance.flows) or leftover(held):
                 deleted += await trigger.teardown(client, owned)
     return deleted

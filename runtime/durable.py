@@ -122,6 +122,7 @@ class SealedSerializer(Serializer):
 
 
 WORKFLOW = "pdc.execution"
+SCHEDULE_POLL = 5.0
 
 
 def enqueue_options(execution_id: str, placement: tuple[str, str]) -> EnqueueOptions:
@@ -239,6 +240,9 @@ class Durable:
                 # On SQLite DBOS polls for notifications; its stop waits for one poll,
                 # which by default is a second.
                 "notification_listener_polling_interval_sec": settings.queue_polling_interval,
+                # How soon a replica sees a schedule deployed elsewhere (the schedule
+                # trigger); one small query per replica each time.
+                "scheduler_polling_interval_sec": SCHEDULE_POLL,
             }
         )
         if not settings.runs_flows:

@@ -28,6 +28,7 @@ from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
+from pagerduty_connector.runtime import schedules
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.deploy import DeployLocks
 from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition, workflow_table
@@ -241,6 +242,13 @@ class Engine:
             await self.durable.start()
         finally:
             await writer
+        if self.settings.serves:
+            # What a crash between storing an instance and scheduling it left behind.
+            try:
+                for change in await schedules.sync(self):
+                    log.info("%s", change)
+            except Exception as exc:  # the next deploy, or start, mends it
+                log.warning("schedules not synchronised at start: %s", why(exc))
         count = await self.requeue_unfinished()
         if count:
             log.info("%d unfinished executions are queued", count)

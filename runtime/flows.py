@@ -18,6 +18,7 @@ from pagerduty_connector.component.errors import InputError, did_you_mean
 from pagerduty_connector.component.inputs import clean_inputs
 from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.registry import TRIGGERS
+from pagerduty_connector.runtime import schedules
 from pagerduty_connector.runtime import steps as kinds
 from pagerduty_connector.runtime.steps import Checker, Record, Runner, StepModel, walk
 from pagerduty_connector.runtime.templates import (
@@ -85,25 +86,35 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     The trigger's inputs are replaced by their cleaned values; warnings (values
     sent as they are) are returned.
     """
-    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
-    if trigger is None:
-        names = [t.key for t in manifest.triggers]
-        hint = did_you_mean(flow.trigger.type, names)
-        raise InputError(
-            flow.name, "trigger.type", f"unknown trigger{hint} (known: {', '.join(names)})"
-        )
-    owner = f"{flow.name}.trigger ({trigger.key})"
-    cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
-    TRIGGERS[trigger.key].check(owner, cleaned)
+    warnings = _check_trigger(flow, manifest)
     if flow.concurrencyKey is not None:
         check(flow.name, "concurrencyKey", flow.concurrencyKey)
         if step_references(flow.concurrencyKey):
             raise InputError(flow.name, "concurrencyKey", "may use the trigger only, not steps")
-    flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
     checker = Checker(flow.name, manifest)
-    checker.warnings += cleaned.warnings
+    checker.warnings += warnings
     checker.steps(flow.steps, [])
     return checker.warnings
+
+
+def _check_trigger(flow: Flow, manifest: Manifest) -> list[str]:
+    """Check the flow's trigger (a webhook trigger of the manifest, or ``schedule``) and
+    replace its inputs by their cleaned values; return warnings."""
+    owner = f"{flow.name}.trigger ({flow.trigger.type})"
+    if flow.trigger.type == schedules.SCHEDULE:
+        flow.trigger.inputs = schedules.check(owner, flow.trigger.inputs)
+        return []
+    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
+    if trigger is None:
+        names = [t.key for t in manifest.triggers] + [schedules.SCHEDULE]
+        hint = did_you_mean(flow.trigger.type, names)
+        raise InputError(
+            flow.name, "trigger.type", f"unknown trigger{hint} (known: {', '.join(names)})"
+        )
+    cleaned = clean_inputs(owner, trigger.inputs, flow.trigger.inputs)
+    TRIGGERS[trigger.key].check(owner, cleaned)
+    flow.trigger.inputs = {k: v for k, v in cleaned.items() if v is not None}
+    return list(cleaned.warnings)
 
 
 ActionRunner = Callable[[StepModel, dict[str, Any]], Awaitable[Any]]

@@ -4,6 +4,7 @@ enable and disable, tear down, and test a flow with a sample payload.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +19,7 @@ from pagerduty_connector.component.errors import (
 )
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import TRIGGERS
-from pagerduty_connector.runtime import state
+from pagerduty_connector.runtime import schedules, state
 from pagerduty_connector.runtime.deploy import (
     check_credentials,
     deploy,
@@ -73,7 +74,19 @@ def instance_view(engine: Engine, row: InstanceRow) -> dict[str, Any]:
         "connection": row.connection_id,
         "flows": row.flows,
         "config": row.config,
-        "webhookUrls": {f["name"]: engine.webhook_url(row.id, f["name"]) for f in row.flows},
+        "webhookUrls": {
+            f["name"]: engine.webhook_url(row.id, f["name"])
+            for f in row.flows
+            if not schedules.is_scheduled(f)
+        },
+        "schedules": {
+            f["name"]: {
+                **f["trigger"]["inputs"],
+                "next": schedules.next_runs(f["trigger"]["inputs"]),
+            }
+            for f in row.flows
+            if schedules.is_scheduled(f) and row.enabled
+        },
         "state": row.state,
         "createdAt": row.created_at.isoformat(),
         "updatedAt": row.updated_at.isoformat(),
@@ -200,6 +213,7 @@ async def set_enabled(request: Request) -> JSONResponse:
         row.enabled, row.updated_at = action == "enable", now()
         await db.commit()
         await engine.intake.announce(row.id)
+        await schedules.sync(engine, row.id)  # a disabled instance keeps no schedule
         return JSONResponse(instance_view(engine, row))
 
 
@@ -232,6 +246,7 @@ async def delete_instance(request: Request) -> Response:
             await db.execute(delete(InstanceRow).where(InstanceRow.id == name))
             await db.commit()
         await state.forget(engine.store, name)
+        await schedules.sync(engine, name)
     await engine.intake.announce(name)
     return Response(status_code=204)
 
@@ -262,5 +277,9 @@ async def test_flow(request: Request) -> JSONResponse:
     engine.intake.forget(params["name"])
     target, flow = await flow_of(engine, params["name"], params["flow"])
     body = await read_body(request, MAX_WEBHOOK_BYTES)
-    output = TRIGGERS[flow["trigger"]["type"]].output(body, {})
+    if schedules.is_scheduled(flow):  # a tick now; the body is not read
+        output = schedules.tick_output(flow["trigger"]["inputs"], now())
+        body = json.dumps(output).encode()
+    else:
+        output = TRIGGERS[flow["trigger"]["type"]].output(body, {})
     return json_answer(await record(engine, target, flow, body, {"x-pdc-test-run": "true"}, output))

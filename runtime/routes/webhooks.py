@@ -58,16 +58,17 @@ async def record(
     output: dict[str, Any],
     replay_of: str | None = None,
     signed: bool = False,
+    event_id: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Store the delivery as an execution, its run queued in the same commit unless there
     is a reason not to; the answer's status and JSON body. A ``signed`` delivery keeps
     PagerDuty's event id, so the same event sent again (under any ``X-Webhook-Id``)
-    starts nothing."""
-    trigger = TRIGGERS[flow["trigger"]["type"]]
+    starts nothing; so does a schedule's tick (its ``event_id`` is the tick's time)."""
+    trigger = TRIGGERS.get(flow["trigger"]["type"])  # None: a schedule
     reason = None
     if not target.enabled:
         reason = "instance is disabled"
-    else:
+    elif trigger is not None:
         reason = trigger.skip_reason(output, flow["trigger"]["inputs"])
     status = "received" if reason is None else "skipped"
     received = now()
@@ -87,7 +88,7 @@ async def record(
         "instance_id": target.instance_id,
         "flow": flow["name"],
         "webhook_id": headers.get("x-webhook-id"),
-        "event_id": _event_id(output) if signed else None,
+        "event_id": event_id or (_event_id(output) if signed else None),
         "status": status,
         "reason": reason,
         "received_body": masked,
@@ -163,7 +164,9 @@ async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
 
     async def verified(fresh: bool) -> tuple[IntakeTarget, dict[str, Any], Trigger]:
         target, flow = await flow_of(engine, instance, flow_name, fresh=fresh)
-        trigger = TRIGGERS[flow["trigger"]["type"]]
+        trigger = TRIGGERS.get(flow["trigger"]["type"])
+        if trigger is None:
+            raise HTTPException(404, f"flow '{flow_name}' runs on a schedule: it takes no webhooks")
         trigger.verify(body, headers, target.secrets.get(flow_name, []))
         return target, flow, trigger
 

@@ -11,7 +11,7 @@ import respx
 
 from pagerduty_connector.component.errors import InputError
 from pagerduty_connector.component.inputs import clean_inputs
-from pagerduty_connector.component.manifest import Input, Manifest
+from pagerduty_connector.component.manifest import Input
 from tests.conftest import REST
 
 NOTE = {"note": {"id": "PWL7QXS", "content": "x"}}

@@ -420,3 +420,39 @@ def test_the_sign_in_form_needs_its_own_csrf_token(console: TestClient) -> None:
     assert COOKIE not in console.cookies
     cookie = console.get("/console/login").headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/console/login" in cookie
+
+
+SCHEDULED_INSTANCE = """\
+name: weekday
+connection: ops
+flows:
+- name: morning
+  trigger: {type: schedule, inputs: {cron: "0 9 * * 1-5", timezone: America/New_York}}
+  steps:
+  - name: note
+    action: createIncidentNote
+    inputs: {id: Q1P5, note: "Morning summary for {{ trigger.scheduledAt }}"}
+"""
+
+
+def test_a_scheduled_flow_shows_its_next_runs_and_runs_now_from_its_page(
+    console: TestClient, pd: respx.MockRouter
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    deployed = console.post(
+        "/console/instances/new", data={"yaml": SCHEDULED_INSTANCE, "csrf": csrf}
+    )
+    assert "Deployed weekday" in deployed.text, deployed.text
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    page = console.get("/console/instances/weekday").text
+    runs = re.search(r'class="next-runs">([^<]+)<', page)
+    assert runs and runs.group(1).count("T09:00:00-0") == 3  # 09:00 New York time
+    assert "Webhook URL" not in page and 'name="event"' not in page
+    ran = console.post("/console/instances/weekday/flows/morning/test", data={"csrf": csrf})
+    assert ran.status_code == 303 and ran.headers["location"].startswith("/console/executions/")
+    drain(console)
+    shown = console.get(ran.headers["location"]).text
+    assert 'id="execution-status">succeeded' in shown and "Morning summary for 20" in shown
+    console.post("/console/instances/weekday/disable", data={"csrf": csrf})
+    assert "none while disabled" in console.get("/console/instances/weekday").text
