@@ -122,6 +122,7 @@ class SealedSerializer(Serializer):
 
 
 WORKFLOW = "pdc.execution"
+PLAN_STEP = "pdc.plan"
 SCHEDULE_POLL = 5.0
 
 
@@ -606,7 +607,7 @@ def retryable(error: ComponentError, method: str | None) -> bool:
     return sent_safely and (error.status is None or error.status >= 500)
 
 
-@DBOS.step(name="pdc.plan")
+@DBOS.step(name=PLAN_STEP)
 async def load_plan(execution_id: str) -> dict[str, Any] | None:
     """What the execution runs: its trigger output and the flow as it is now."""
     engine = current()
@@ -624,12 +625,25 @@ async def load_plan(execution_id: str) -> dict[str, Any] | None:
     if execution.flow not in flows:
         return None
     return {
+        "execution": execution_id,
         "instance": instance.id,
         "flow": flows[execution.flow],
         "trigger": execution.trigger or {},
         "connection": instance.connection_id,
         "urls": {name: engine.webhook_url(instance.id, name) for name in flows},
     }
+
+
+async def retry_flow(execution_id: str) -> dict[str, Any] | None:
+    """The flow a retry runs when it is not the one its first run planned."""
+    engine = current()
+
+    async def read() -> dict[str, Any] | None:
+        async with engine.store.session() as db:
+            query = select(ExecutionRow.flow_definition).where(ExecutionRow.id == execution_id)
+            return (await db.execute(query)).scalar_one_or_none()
+
+    return await patiently(read, f"execution {execution_id}")
 
 
 @DBOS.step(name="pdc.started")
@@ -831,6 +845,11 @@ async def run_execution() -> str:
             error = "the instance or flow no longer exists"
             await engine.finish(execution_id, "failed", error=error)
             return "failed"
+        if plan.get("execution", execution_id) != execution_id:
+            # A retry: the plan is the first run's (kept by the fork); the retry may
+            # run another flow (``flow_definition``, written before the fork and never
+            # changed, so reading it here outside a step is as good as a checkpoint).
+            plan = {**plan, "flow": await retry_flow(execution_id) or plan["flow"]}
         started = await mark_started(execution_id)
         flow = Flow.model_validate(plan["flow"])
         services = DurableServices(engine, plan, started)

@@ -8,7 +8,7 @@ outputs), ``vars`` (values ``set`` steps gave) and ``now()`` (the run's clock).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "FlowTrigger",
     "TemplateFailed",
     "actions_of",
+    "changed_before",
     "concurrency_key",
     "render",
     "render_input",
@@ -183,3 +184,32 @@ def concurrency_key(flow: dict[str, Any], trigger_output: dict[str, Any]) -> str
     key = try_render(template, {"trigger": trigger_output, "steps": {}, "vars": {}})
     text = "" if key is None else str(key)
     return text or None
+
+
+def _records(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every step record, nested ones (a branch's, each loop item's) included, in order."""
+    for record in records:
+        yield record
+        yield from _records(record.get("steps") or [])
+        for item in record.get("items") or []:
+            yield from _records(item)
+
+
+def changed_before(ran: Flow, current: Flow, records: list[dict[str, Any]]) -> str | None:
+    """Whether ``current`` can take over a run of ``ran`` that stopped as ``records``
+    say: a retry replays the outputs of the steps before the one that failed, by
+    position, so those steps (not the ones nested in them) must be as they were; the
+    failed step and those after it may change. The first step that differs, or None."""
+    flat = list(_records(records))
+    failed = next((r["name"] for r in flat if r.get("status") == "failed"), None)
+    settled = {r["name"] for r in flat if r.get("status") in ("succeeded", "skipped")}
+    before, now = list(walk(ran.steps)), list(walk(current.steps))
+    names = [s.name for s in before]
+    if failed in names:
+        point = names.index(failed)
+    else:  # cancelled or stopped between steps: at the first step not settled
+        point = next((n for n, name in enumerate(names) if name not in settled), len(names))
+    for n, step in enumerate(before[:point]):
+        if n >= len(now) or now[n].own() != step.own():
+            return step.name
+    return None

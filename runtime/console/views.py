@@ -184,8 +184,11 @@ async def rerun(request: Request) -> Response:
     how = request.path_params["how"]
     if how not in ("retry", "replay"):
         return page(request, "error.html", 404, message=f"No such action '{how}'.")
+    # A retry runs on the flow the run ran, or with flow=current on the flow now.
+    body = {"flow": form["flow"]} if how == "retry" and form.get("flow") else {}
     try:
-        started = await call(request, "POST", f"/executions/{request.path_params['id']}/{how}")
+        path = f"/executions/{request.path_params['id']}/{how}"
+        started = await call(request, "POST", path, json=body)
     except ApiError as exc:
         return page(request, "error.html", exc.status, message=exc.message)
     return RedirectResponse(f"/console/executions/{started['execution']}", status_code=303)

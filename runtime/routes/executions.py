@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from dbos import DBOS
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pagerduty_connector.runtime.durable import UNFINISHED, partition
+from pagerduty_connector.runtime.durable import PLAN_STEP, UNFINISHED, partition
+from pagerduty_connector.runtime.flows import Flow, changed_before
 from pagerduty_connector.runtime.http import engine_of, json_body, parse, row_or_404, shown
 from pagerduty_connector.runtime.routes.connections import find_connection
 from pagerduty_connector.runtime.routes.webhooks import flow_of, json_answer, record
-from pagerduty_connector.runtime.store import ExecutionRow, new_id, now, select
+from pagerduty_connector.runtime.store import ExecutionRow, InstanceRow, new_id, now, select
 
 
 def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
@@ -32,6 +34,7 @@ def execution_view(row: ExecutionRow, *, full: bool) -> dict[str, Any]:
         "finishedAt": row.finished_at.isoformat() if row.finished_at else None,
         "retryOf": row.retry_of,
         "replayOf": row.replay_of,
+        "flowVersion": row.flow_version,
     }
     if full:
         out.update(
@@ -116,24 +119,40 @@ async def run_test_step(request: Request) -> JSONResponse:
 RETRYABLE = ("failed", "cancelled", "succeeded_with_errors")
 
 
+class RetryIn(BaseModel):
+    """How to retry: on the flow the failed run ran (``deployed``, the default) or on
+    the instance's flow as it is now (``current``: a fix deployed since)."""
+
+    model_config = ConfigDict(extra="forbid")
+    flow: Literal["deployed", "current"] = "deployed"
+
+
 async def retry_execution(request: Request) -> JSONResponse:
     """
     summary: Retry an ended, unsucceeded execution from where it failed (earlier steps keep
-      their outputs and are not sent again)
+      their outputs and are not sent again), on the flow it ran or on the current one
+    requestBody: {description: 'optional: {"flow": "deployed"} (default) or {"flow": "current"}'}
     responses:
       202: {description: the new execution, which points at the original (retryOf)}
+      400: {description: the body is not a retry's}
       404: {description: no such execution}
-      409: {description: the execution is still running, succeeded, or was skipped}
+      409: {description: "the execution is still running, succeeded or was skipped; or, on the
+        current flow, a step before the failed one changed or the flow is gone"}
     """
     engine = engine_of(request)
+    wanted: RetryIn = parse(RetryIn, await json_body(request))
     async with engine.store.session() as db:
         original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+        instance = await db.get(InstanceRow, original.instance_id)
     if original.status not in RETRYABLE:
         advice = {
             "skipped": f"it was skipped ({original.reason}): replay it to run its event",
             "succeeded": "it succeeded: replay it to run its event again",
         }.get(original.status, "it has not ended yet")
         raise HTTPException(409, f"execution '{original.id}' is {original.status}: {advice}")
+    definition = original.flow_definition  # a retry's own flow, else the first plan's
+    if wanted.flow == "current":
+        definition = await _current_flow(original, instance)
     checkpoint = await engine.durable.retry_point(original)
     received = now()
     retry = {
@@ -152,6 +171,8 @@ async def retry_execution(request: Request) -> JSONResponse:
         finished_at=None,
         retry_of=original.id,
         replay_of=None,
+        flow_version=wanted.flow,
+        flow_definition=definition,
     )
     await engine.writer.record(retry)
     await engine.durable.fork(
@@ -161,7 +182,42 @@ async def retry_execution(request: Request) -> JSONResponse:
         partition(original.instance_id, original.flow),
         patient=await engine.patient(original.instance_id, original.flow),
     )
-    return JSONResponse({"execution": retry["id"], "retryOf": original.id}, status_code=202)
+    answer = {"execution": retry["id"], "retryOf": original.id, "flowVersion": wanted.flow}
+    return JSONResponse(answer, status_code=202)
+
+
+async def _current_flow(original: ExecutionRow, instance: InstanceRow | None) -> dict[str, Any]:
+    """The instance's flow now, if a retry of ``original`` can run on it: the steps
+    before the failed one (whose outputs the retry keeps) must be as they ran; a 409
+    naming the first that changed otherwise."""
+    current = (
+        next((f for f in instance.flows if f["name"] == original.flow), None) if instance else None
+    )
+    if current is None:
+        raise HTTPException(
+            409, f"flow '{original.flow}' is no longer deployed: retry on the deployed flow"
+        )
+    ran = original.flow_definition or await _planned_flow(original.id)
+    if ran is not None:
+        changed = changed_before(
+            Flow.model_validate(ran), Flow.model_validate(current), original.steps or []
+        )
+        if changed is not None:
+            raise HTTPException(
+                409,
+                f"step '{changed}' changed since the run, and it ran before the step that "
+                "failed: a retry keeps its output, so it cannot run on the current flow; "
+                "replay the execution to run the current flow from the start",
+            )
+    return current
+
+
+async def _planned_flow(execution_id: str) -> dict[str, Any] | None:
+    """The flow an execution's run planned (its first checkpoint), if it got that far."""
+    for step in await DBOS.list_workflow_steps_async(execution_id):
+        if step["function_name"] == PLAN_STEP and isinstance(step["output"], dict):
+            return step["output"].get("flow")
+    return None
 
 
 async def cancel_execution(request: Request) -> JSONResponse:

@@ -51,6 +51,8 @@ class StepModel(BaseModel):
     # Whether steps after this one may use its nested steps' outputs (a branch's: they
     # are the run's; a loop item's are not, the loop's own output lists them).
     EXPORTS_NESTED: ClassVar[bool] = True
+    # The fields that hold nested steps (``own`` leaves them out).
+    NESTED_FIELDS: ClassVar[frozenset[str]] = frozenset()
     name: str = Field(pattern=NAME, description="A word; later steps use steps.<name>.")
     when: str | None = Field(
         default=None, description="A Jinja expression; the step is skipped when it is false."
@@ -63,6 +65,11 @@ class StepModel(BaseModel):
     def nested(self) -> list[tuple[str, list[StepModel]]]:
         """The kind's groups of nested steps, by label (a branch, a loop's body)."""
         return []
+
+    def own(self) -> dict[str, Any]:
+        """The step's definition without its nested steps (what a retry on the current
+        flow compares: the steps before the failed one must be as they were)."""
+        return self.model_dump(exclude=set(self.NESTED_FIELDS))
 
     def check(self, checker: Checker, seen: list[str]) -> None:
         """Deploy-time checks of the kind's own fields (``seen``: steps that run before)."""

@@ -46,6 +46,7 @@ class IfStep(StepModel):
 
     model_config = _ALIASED
     KEY: ClassVar[str] = "if"
+    NESTED_FIELDS: ClassVar[frozenset[str]] = frozenset({"then", "otherwise"})
     SUMMARY: ClassVar[str] = "Run the then steps when an expression is true, else the else steps."
     condition: str = Field(alias="if", description="A Jinja expression, e.g. priority == 'P1'.")
     then: list[AnyStep] = Field(min_length=1)  # type: ignore[name-defined]  # noqa: F821
@@ -88,6 +89,7 @@ class SwitchStep(StepModel):
     ``default``."""
 
     KEY: ClassVar[str] = "switch"
+    NESTED_FIELDS: ClassVar[frozenset[str]] = frozenset({"cases", "default"})
     SUMMARY: ClassVar[str] = "Run the steps of the case named by a value (or the default ones)."
     switch: str = Field(description="A template, e.g. {{ trigger.event.data.priority.summary }}.")
     cases: dict[str, list[AnyStep]] = Field(min_length=1)  # type: ignore[name-defined]  # noqa: F821

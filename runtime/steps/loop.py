@@ -37,6 +37,7 @@ class ForEachStep(StepModel):
     KEY: ClassVar[str] = "forEach"
     SUMMARY: ClassVar[str] = "Run nested steps for each item of a list, in order."
     EXPORTS_NESTED: ClassVar[bool] = False
+    NESTED_FIELDS: ClassVar[frozenset[str]] = frozenset({"steps"})
     forEach: str = Field(description="A template that renders to a list.")
     steps: list[AnyStep] = Field(min_length=1)  # type: ignore[name-defined]  # noqa: F821
     item_name: str = Field(default="item", alias="as", pattern=NAME)

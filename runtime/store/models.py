@@ -112,6 +112,10 @@ class ExecutionRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     retry_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
     replay_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A retry's flow: "deployed" (the failed run's) or "current" (migration 0009), and
+    # that flow when it is not the one the run first planned.
+    flow_version: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    flow_definition: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class SubscriptionRow(Base):

@@ -195,6 +195,7 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
     shown = console.get(f"/console/executions/{execution}")
     assert shown.status_code == 200 and "Invalid Input Provided" in shown.text
     assert "Retry from where it stopped" in shown.text and "createIncidentNote" in shown.text
+    assert "Retry from there on the current flow" in shown.text
     assert "Investigating: Server is on fire" in shown.text  # the note's input, templated
     assert_no_secret(shown.text)
 
@@ -205,6 +206,7 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
     drain(console)
     retry = console.get(new_page)
     assert "succeeded" in retry.text and f"/console/executions/{execution}" in retry.text
+    assert "on the deployed flow" in retry.text
     assert (
         console.post(f"/console/executions/{execution}/nope", data={"csrf": csrf}).status_code
         == 404
@@ -221,6 +223,12 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
     chart = console.get("/console/instances/acme-oncall").text
     assert "Last 24 hours: 2 executions" in chart and "1 succeeded, 1 failed" in chart
     assert "Step durations (ms)" in chart
+    on_current = console.post(
+        f"/console/executions/{execution}/retry", data={"csrf": csrf, "flow": "current"}
+    )
+    assert on_current.status_code == 303
+    drain(console)
+    assert "on the current flow" in console.get(on_current.headers["location"]).text
     for page in (
         "/console/executions",
         "/console/instances",
