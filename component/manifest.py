@@ -108,6 +108,11 @@ class Body(_Strict):
     )
     list: bool = Field(default=False, description="The wrapped value is an array.")
     fields: dict[str, str] | None = None
+    references: dict[str, str] = Field(
+        default_factory=dict,
+        description="input key -> PagerDuty reference type: an id (or each id of a list) "
+        "is sent as {id, type}; a value that already is an object is sent as it is.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Body:

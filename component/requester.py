@@ -63,13 +63,23 @@ def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     target[last] = value
 
 
+def _reference(value: Any, kind: str) -> Any:
+    """An id as PagerDuty's ``{"id": ..., "type": kind}``; each of a list likewise."""
+    if isinstance(value, list):
+        return [_reference(item, kind) for item in value]
+    return {"id": value, "type": kind} if isinstance(value, str) else value
+
+
 def build_body(owner: str, spec: Body, inputs: Mapping[str, Any]) -> Any:
     """Shape the JSON body; accepts wrapped and unwrapped values, never double-wraps."""
     if spec.fields is not None:
         body: dict[str, Any] = {}
         for dotted, key in spec.fields.items():
             if inputs.get(key) is not None:
-                _set_dotted(body, dotted, inputs[key])
+                value = inputs[key]
+                if key in spec.references:
+                    value = _reference(value, spec.references[key])
+                _set_dotted(body, dotted, value)
         return body
     assert spec.input is not None
     value = inputs.get(spec.input)

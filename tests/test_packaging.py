@@ -182,8 +182,8 @@ def test_the_installed_cli_lists_validates_and_runs(
     ).stdout
     assert str(installed.parent) in located and str(REPO) not in located
     listed = run(installed, "actions", cwd=tmp_path)
-    assert "43 actions" in listed and "createIncidentNote" in listed
-    assert "manifest ok: 43 actions" in run(installed, "validate", cwd=tmp_path)
+    assert "54 actions" in listed and "createIncidentNote" in listed
+    assert "manifest ok: 54 actions" in run(installed, "validate", cwd=tmp_path)
 
     env = {"PAGERDUTY_API_URL": mock_pagerduty, "PAGERDUTY_API_TOKEN": "u+wheel-test"}
     result = json.loads(run(installed, "run", "getIncident", "-i", "id=Q7", env=env, cwd=tmp_path))

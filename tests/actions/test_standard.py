@@ -178,6 +178,84 @@ EXPECTED: dict[str, tuple[str, str, list[tuple[str, str]], Body]] = {
         [],
         unwrap("webhookSubscription", "webhook_subscription"),
     ),
+    # Beyond the reference's 43: what builders asked for (issue 22).
+    "mergeIncidents": (
+        "PUT",
+        "/incidents/PT4KHLK/merge",
+        [],
+        lambda ex: {
+            "source_incidents": [
+                {"id": "P8JOGX7", "type": "incident_reference"},
+                {"id": "PPVZH9X", "type": "incident_reference"},
+            ]
+        },
+    ),
+    "snoozeIncident": ("POST", "/incidents/PT4KHLK/snooze", [], lambda ex: {"duration": 3600}),
+    "createIncidentResponderRequest": (
+        "POST",
+        "/incidents/PT4KHLK/responder_requests",
+        [],
+        lambda ex: {
+            "requester_id": "PL1JMK5",
+            "message": ex["message"],
+            "responder_request_targets": ex["targets"],
+        },
+    ),
+    "createIncidentStatusUpdate": (
+        "POST",
+        "/incidents/PT4KHLK/status_updates",
+        [],
+        lambda ex: {
+            "message": "The server fire is spreading.",
+            "subject": "Server Fire Update",
+            "html_message": "<h1>Server is still on fire</h1>",
+        },
+    ),
+    "listOnCalls": (
+        "GET",
+        "/oncalls",
+        [
+            *PAGE,
+            ("time_zone", "America/Los_Angeles"),
+            ("user_ids[]", "PXPGF42"),
+            ("escalation_policy_ids[]", "PT20YPA"),
+            ("schedule_ids[]", "PI7DH85"),
+            *SINCE_UNTIL,
+        ],
+        None,
+    ),
+    "listEscalationPolicies": (
+        "GET",
+        "/escalation_policies",
+        [*PAGE, ("query", "sampleName"), ("user_ids[]", "PXPGF42"), ("team_ids[]", "PEYSGVF")],
+        None,
+    ),
+    "getEscalationPolicy": ("GET", "/escalation_policies/PT20YPA", [], None),
+    "listSchedules": (
+        "GET",
+        "/schedules",
+        [
+            *PAGE,
+            ("query", "sampleName"),
+            ("time_zone", "America/Los_Angeles"),
+            *SINCE_UNTIL,
+            ("team_ids[]", "PEYSGVF"),
+        ],
+        None,
+    ),
+    "getSchedule": (
+        "GET",
+        "/schedules/PI7DH85",
+        [("time_zone", "America/Los_Angeles"), *SINCE_UNTIL],
+        None,
+    ),
+    "listScheduleOverrides": ("GET", "/schedules/PI7DH85/overrides", SINCE_UNTIL, None),
+    "createScheduleOverrides": (
+        "POST",
+        "/schedules/PI7DH85/overrides",
+        [],
+        wrap("overrides", "overrides"),
+    ),
 }
 
 DECLARATIVE = [a.key for a in load_manifest().actions if a.request is not None]

@@ -54,7 +54,7 @@ def test_describe_shows_inputs(cli: CliRunner) -> None:
 
 def test_validate_and_docs(cli: CliRunner, manifest: Manifest, tmp_path: Path) -> None:
     result = cli.invoke(app, ["validate"])
-    assert result.exit_code == 0 and "manifest ok: 43 actions" in result.output
+    assert result.exit_code == 0 and "manifest ok: 54 actions" in result.output
     target = tmp_path / "reference.md"
     assert cli.invoke(app, ["docs", "--output", str(target)]).exit_code == 0
     text = target.read_text()

@@ -34,9 +34,25 @@ def reference() -> dict[str, Any]:
     return json.loads((REFERENCE / "prismatic-pagerduty-interface.json").read_text())
 
 
+# Actions beyond the reference's 43, from PagerDuty's OpenAPI document (issue 22).
+BEYOND_REFERENCE = {
+    "mergeIncidents",
+    "snoozeIncident",
+    "createIncidentResponderRequest",
+    "createIncidentStatusUpdate",
+    "listOnCalls",
+    "listEscalationPolicies",
+    "getEscalationPolicy",
+    "listSchedules",
+    "getSchedule",
+    "listScheduleOverrides",
+    "createScheduleOverrides",
+}
+
+
 def test_counts(manifest: Manifest) -> None:
     assert (len(manifest.actions), len(manifest.dataSources), len(manifest.connections)) == (
-        43,
+        43 + len(BEYOND_REFERENCE),
         4,
         2,
     )
@@ -51,7 +67,8 @@ def test_action_and_input_keys_match_the_reference(
     manifest: Manifest, reference: dict[str, Any]
 ) -> None:
     ours = {a.key: a for a in manifest.actions}
-    assert sorted(ours) == sorted(a["key"] for a in reference["actions"])
+    # The reference's 43 keys, unchanged, and the ones added beyond them.
+    assert sorted(ours) == sorted([*(a["key"] for a in reference["actions"]), *BEYOND_REFERENCE])
     for ref_action in reference["actions"]:
         action = ours[ref_action["key"]]
         assert action.label == ref_action["label"]
