@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,55 +18,11 @@ from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
+from tests.support.receiver import Slack, pass_through
 from tests.support.runtime import AUTH, FLOW, deliver, deploy_acme, drain, settings_for
 
 PATH = "/webhooks/acme/on-incident"
 SECRET_URL_PART = "T000/B000/slack-secret-xyz"
-
-
-class Slack(ThreadingHTTPServer):
-    """Answers each request as ``answers[path]`` says (status, body, delay), and keeps
-    what it was sent."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.received: list[dict[str, Any]] = []
-        self.answers: dict[str, list[tuple[int, bytes, float]]] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Slack
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        self.server.received.append(
-            {
-                "method": self.command,
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "body": body,
-            }
-        )
-        queued = self.server.answers.get(self.path) or [(200, b"ok", 0.0)]
-        status, data, delay = queued.pop(0) if len(queued) > 1 else queued[0]
-        time.sleep(delay)
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = _answer
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
@@ -78,12 +32,6 @@ def slack() -> Iterator[Slack]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def pass_through(pd: respx.MockRouter) -> None:
-    """respx patches every httpcore pool of the process: the step's requests to other
-    hosts than PagerDuty go to the network, where the runtime's own guard meets them."""
-    pd.route(url__regex=r"^(?!https://api\.pagerduty\.com)").pass_through()
 
 
 def runtime(database_url: str, tmp_path: Path, allow: str | None) -> TestClient:
