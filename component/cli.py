@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pagerduty_connector.component.catalog import catalog, find
-from pagerduty_connector.component.errors import ComponentError
+from pagerduty_connector.component.errors import ComponentError, did_you_mean
 from pagerduty_connector.component.redact import redact
 
 # Only what every command needs is imported here; the manifest models (pydantic), the
@@ -118,17 +118,30 @@ def actions() -> None:
 
 
 def _example(value: Any) -> str:
-    return value if isinstance(value, str) else "" if value is None else "(JSON)"
+    """An example as the table shows it: text as it is; JSON inline when short, else
+    pointed to below the table, where it is shown whole."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else "JSON, below"
+
+
+# Lines of an action's output example shown; `pdc docs` has all of them.
+OUTPUT_LINES = 60
 
 
 @app.command()
 @click.argument("key")
 def describe(key: str) -> None:
-    """Show one action, trigger or data source (KEY) with its inputs."""
-    found = find(_catalog(), key)
+    """Show one action, trigger or data source (KEY): its inputs, their examples and an
+    example of what it returns."""
+    catalog = _catalog()
+    found = find(catalog, key)
     if found is None:
-        raise fail(f"no action, trigger, data source or connection has the key '{key}'")
-    _, item = found
+        keys = [i["key"] for section in _SECTIONS for i in catalog[section]]
+        hint = did_you_mean(key, keys)
+        raise fail(f"no action, trigger, data source or connection has the key '{key}'{hint}")
+    section, item = found
     console = out()
     console.print(f"[bold]{item['label']}[/bold] ({item['key']})")
     console.print(item["description"])
@@ -136,20 +149,39 @@ def describe(key: str) -> None:
         console.print(f"request: {item['request']['method']} {item['request']['path']}")
     if item.get("scope"):
         console.print(f"OAuth scope: {item['scope']}")
+    # A step's connection is the instance's, never one of its inputs.
+    inputs = [i for i in item["inputs"] if i["type"] != "connection" or section == "connections"]
+    if len(inputs) < len(item["inputs"]):
+        console.print("connection: the instance's (a step does not name one)")
     rows = [
         (
             i["key"],
             i["label"],
             i["type"] + (f" ({i['collection']})" if i["collection"] else ""),
-            "yes" if i["required"] else "",
+            "yes" if i["required"] and i["default"] is None else "",
             "" if i["default"] is None else str(i["default"]),
             ", ".join(i["model"] or []),
             _example(i["example"]),
         )
-        for i in item["inputs"]
+        for i in inputs
     ]
     columns = ("key", "label", "type", "required", "default", "allowed", "example")
     console.print(_table("Inputs", columns, rows))
+    for i in inputs:
+        if _example(i["example"]) == "JSON, below":
+            console.print(f"example of {i['key']}:", markup=False)
+            console.print(json.dumps(i["example"], indent=2), markup=False, soft_wrap=True)
+    if item.get("examplePayload") is not None:
+        what = "trigger" if section == "triggers" else "steps.<name>"
+        lines = json.dumps(item["examplePayload"], indent=2).splitlines()
+        console.print(f"returns, as {what} (PagerDuty's example):", markup=False)
+        shown = "\n".join(lines[:OUTPUT_LINES])
+        if len(lines) > OUTPUT_LINES:
+            shown += f"\n... {len(lines) - OUTPUT_LINES} more lines (pdc docs has them all)"
+        console.print(shown, markup=False, soft_wrap=True)
+
+
+_SECTIONS = ("actions", "dataSources", "triggers", "connections")
 
 
 @app.command()

@@ -62,6 +62,10 @@ def _entry(item: Any) -> dict[str, Any]:
         out["scope"] = item.scope
     out["inputs"] = inputs_schema(item.inputs)
     out["secretInputs"] = [i.key for i in item.inputs if i.secret]
+    if getattr(item, "examplePayload", None) is not None:
+        # What the step gives later steps as steps.<name> (a trigger: as trigger), by
+        # example: PagerDuty's documented answer.
+        out["output"] = {"example": item.examplePayload}
     return out
 
 

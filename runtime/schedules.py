@@ -39,6 +39,29 @@ PREFIX = "pdc:"
 TICK_WORKFLOW = "pdc.tick"
 
 
+# The schedule trigger's inputs, as a JSON Schema (the component document's).
+SCHEDULE_INPUTS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["cron"],
+    "properties": {
+        "cron": {
+            "type": "string",
+            "title": "Cron",
+            "description": "minute hour day month weekday (six fields: seconds first)",
+            "examples": ["0 9 * * 1-5"],
+        },
+        "timezone": {
+            "type": "string",
+            "title": "Time zone",
+            "description": "An IANA time zone; UTC if not given.",
+            "default": "UTC",
+            "examples": ["Europe/Paris"],
+        },
+    },
+}
+
+
 def is_scheduled(flow: dict[str, Any]) -> bool:
     """Whether the flow (as stored) runs on a schedule rather than on a webhook."""
     return bool(flow["trigger"]["type"] == SCHEDULE)

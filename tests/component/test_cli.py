@@ -50,6 +50,22 @@ def test_describe_shows_inputs(cli: CliRunner) -> None:
         assert f"│ {key} " in result.output
     missing = cli.invoke(app, ["describe", "nope"])
     assert missing.exit_code == 1 and "no action, trigger" in missing.stderr
+    near = cli.invoke(app, ["describe", "createIncidentNot"])
+    assert "(did you mean 'createIncidentNote'?)" in near.stderr
+
+
+def test_describe_leaves_out_the_connection_and_shows_real_json(cli: CliRunner) -> None:
+    """A step names no connection (the instance's is used); JSON examples and what the
+    action returns are shown as JSON that parses, not as "(JSON)"."""
+    result = cli.invoke(app, ["describe", "createIncidentNote"], env={"COLUMNS": "200"})
+    assert "│ connection " not in result.output and "(JSON)" not in result.output
+    assert "connection: the instance's" in result.output
+    example = result.output.split("example of note:\n", 1)[1].split("returns, as")[0]
+    assert json.loads(example) == {"note": "Firefighters are on the scene."}
+    returned = result.output.split("returns, as steps.<name> (PagerDuty's example):\n", 1)[1]
+    assert json.loads(returned)["data"]["note"]["content"] == "Firefighters are on the scene."
+    longer = cli.invoke(app, ["describe", "getIncident"], env={"COLUMNS": "200"})
+    assert "more lines (pdc docs has them all)" in longer.output
 
 
 def test_validate_and_docs(cli: CliRunner, manifest: Manifest, tmp_path: Path) -> None:

@@ -454,10 +454,23 @@ def test_management_api_needs_the_admin_token(runtime_settings: RuntimeSettings,
 
 def test_component_specification(api: TestClient) -> None:
     spec = api.get("/api/component").json()
-    assert len(spec["actions"]) == 43 and len(spec["dataSources"]) == 4
+    assert len(spec["actions"]) == 54 and len(spec["dataSources"]) == 4
     api_key = next(c for c in spec["connections"] if c["key"] == "pagerduty-api-key")
     assert api_key["secretInputs"] == ["apiKey"]
     assert api_key["inputs"]["properties"]["apiKey"]["x-secret"] is True
     get_incident = next(a for a in spec["actions"] if a["key"] == "getIncident")
     assert get_incident["inputs"]["required"] == ["id"]
     assert get_incident["scope"] == "incidents.read"
+    # What an action returns, by PagerDuty's example: what later steps read.
+    assert get_incident["output"]["example"]["data"]["incident"]["id"] == "PT4KHLK"
+    # The flow language, for editors: every step kind with its schema, the schedule
+    # trigger, and the template functions and filters.
+    flows = spec["flows"]
+    kinds = {k["key"]: k for k in flows["stepKinds"]}
+    assert set(kinds) == {"action", "if", "switch", "forEach", "wait", "http", "set", "state"}
+    assert all(k["summary"] and k["schema"]["type"] == "object" for k in kinds.values())
+    assert "else" in kinds["if"]["schema"]["properties"]  # by its alias, as flows write it
+    assert [t["key"] for t in flows["triggers"]] == ["schedule"]
+    assert flows["triggers"][0]["inputs"]["required"] == ["cron"]
+    assert "now" in flows["templates"]["functions"]
+    assert "minutes_between" in flows["templates"]["filters"]

@@ -289,7 +289,11 @@ def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRoute
     assert created.status_code == 303
     assert "ops: created" in console.get(created.headers["location"]).text
     pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    listing = console.get("/console/component").text
+    assert 'id="step-kinds"' in listing and "<code>forEach</code>" in listing
+    assert "<code>schedule</code>" in listing
     form = console.get("/console/component/getIncident").text
+    assert 'id="output-example"' in form and "PT4KHLK" in form
     assert 'name="in.id"' in form and "<option>ops</option>" in form
     assert "Example: <code>PT4KHLK</code>" in form  # the reference's example for the input
     assert 'hx-get="/console/choices/selectIncident"' in form  # suggestions from a picklist
