@@ -95,6 +95,11 @@ def _scalar(owner: str, spec: Input, value: Any) -> Any:
             raise InputError(owner, spec.key, f"expected a whole number, got {value!r}")
         if spec.minimum is not None and number < spec.minimum:
             raise InputError(owner, spec.key, f"must be at least {spec.minimum}, got {number}")
+        if spec.maximum is not None and number > spec.maximum:
+            advice = f" ({spec.comments})" if spec.comments else ""
+            raise InputError(
+                owner, spec.key, f"must be at most {spec.maximum}, got {number}{advice}"
+            )
         return number
     if spec.clean == "email" and not _EMAIL.match(text.strip()):
         raise InputError(owner, spec.key, f"expected an email address, got {text!r}")

@@ -75,6 +75,7 @@ class Input(_Strict):
         default=None, description="Extra conversion of a string input: integer or email."
     )
     minimum: int | None = None
+    maximum: int | None = None
     allowText: bool = Field(
         default=False, description="A code input that also accepts plain text (not JSON)."
     )

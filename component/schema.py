@@ -26,7 +26,12 @@ def input_schema(spec: Input) -> dict[str, Any]:
     elif spec.type is InputType.CODE:
         schema = {"anyOf": [{"type": "object"}, {"type": "array"}, {"type": "string"}]}
     elif spec.clean == "integer":
-        schema = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+$"}]}
+        number: dict[str, Any] = {"type": "integer"}
+        if spec.minimum is not None:
+            number["minimum"] = spec.minimum
+        if spec.maximum is not None:
+            number["maximum"] = spec.maximum
+        schema = {"anyOf": [number, {"type": "string", "pattern": r"^-?\d+$"}]}
     else:
         schema = {"type": "string"}
         if spec.model:

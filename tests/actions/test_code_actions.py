@@ -146,6 +146,22 @@ async def test_raw_request_own_retry_settings(
     assert route.call_count == 2 and clock.sleeps == [0.25]
 
 
+async def test_raw_request_delay_is_honoured_up_to_its_bound_and_refused_beyond(
+    pd: respx.MockRouter, run: Callable[..., Any], clock: FakeClock
+) -> None:
+    """A delay the client would cap (30 s) is refused with the fix, not cut silently."""
+    route = pd.get(f"{REST}/incidents").mock(
+        side_effect=[httpx2.Response(503), httpx2.Response(200, json=LIST)]
+    )
+    inputs = {"url": "/incidents", "method": "GET", "maxRetries": "1"}
+    await run("rawRequest", {**inputs, "retryDelayMS": 30000})
+    assert clock.sleeps == [30.0]
+    with pytest.raises(InputError, match="retryDelayMS': must be at most 30000, got 60000") as info:
+        await run("rawRequest", {**inputs, "retryDelayMS": 60000})
+    assert "use a wait step" in str(info.value)
+    assert route.call_count == 2  # the refused step sent nothing
+
+
 async def test_raw_request_defaults_to_no_retries(
     pd: respx.MockRouter, run: Callable[..., Any]
 ) -> None:
