@@ -199,6 +199,10 @@ async def tick(scheduled_at: datetime, context: dict[str, Any]) -> str:
     if target is None or flow is None or not is_scheduled(flow):
         log.info("schedule %s fired for a flow that is gone", name_of(instance, flow_name))
         return "gone"
+    if not target.enabled:
+        # Disabled (its schedule is deleted; every replica's scheduler notices within
+        # its poll): a tick meanwhile records nothing, not a skipped run per tick.
+        return "disabled"
     output = tick_output(context, scheduled_at)
     when = output["scheduledAt"]
     body = json.dumps(output).encode()
