@@ -29,6 +29,7 @@ from pagerduty_connector.runtime.templates import (
     step_references,
     try_render,
 )
+from pagerduty_connector.triggers.webhook import EVENT_FIELDS
 
 __all__ = [
     "AnyStep",
@@ -88,14 +89,24 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     sent as they are) are returned.
     """
     warnings = _check_trigger(flow, manifest)
+    checker = Checker(flow.name, manifest, trigger_shape(flow))
+    checker.warnings += warnings
     if flow.concurrencyKey is not None:
         check(flow.name, "concurrencyKey", flow.concurrencyKey)
         if step_references(flow.concurrencyKey):
             raise InputError(flow.name, "concurrencyKey", "may use the trigger only, not steps")
-    checker = Checker(flow.name, manifest)
-    checker.warnings += warnings
+        checker.paths(flow.name, "concurrencyKey", flow.concurrencyKey)
     checker.steps(flow.steps, [])
     return checker.warnings
+
+
+def trigger_shape(flow: Flow) -> dict[str, Any]:
+    """What a flow's ``trigger`` holds, as far as deploy can check paths into it: a V3
+    webhook's event fields (its ``data`` is the resource, not checked: PagerDuty's
+    OpenAPI document does not describe V3 payloads), or a schedule's tick."""
+    if flow.trigger.type == schedules.SCHEDULE:
+        return {"scheduledAt": None, "schedule": {"cron": None, "timezone": None}}
+    return {"event": dict.fromkeys(EVENT_FIELDS), "headers": None}
 
 
 def _check_trigger(flow: Flow, manifest: Manifest) -> list[str]:

@@ -175,6 +175,39 @@ def step_references(value: str) -> list[str]:
     return [dotted or quoted for dotted, quoted in _STEP_REF.findall(value)]
 
 
+def attribute_paths(value: str) -> list[tuple[str, list[str]]]:
+    """The data paths a template reads, as (root name, keys): ``trigger.event.data.id``
+    is ``("trigger", ["event", "data", "id"])``. A path stops at a key that is computed
+    (``x[index]``) and before a method called on it (``x.get('k')``)."""
+    try:
+        tree = _env.parse(value)
+    except TemplateError:
+        return []
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}
+    inner: set[int] = set()
+    chains: list[tuple[int, str, list[str]]] = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        keys: list[str] = []
+        current: Any = node
+        while isinstance(current, nodes.Getattr | nodes.Getitem):
+            if isinstance(current, nodes.Getattr):
+                key: Any = current.attr
+            elif isinstance(current.arg, nodes.Const):
+                key = current.arg.value
+            else:
+                keys = []  # a computed key: only what comes before it is known
+                key = None
+            if key is not None and id(current) not in called:
+                keys.insert(0, str(key))
+            elif key is not None:
+                keys = []  # a method called on what comes before
+            inner.add(id(current.node))
+            current = current.node
+        if isinstance(current, nodes.Name) and keys:
+            chains.append((id(node), current.name, keys))
+    return [(root, keys) for ident, root, keys in chains if ident not in inner]
+
+
 def unknown_names(value: str) -> list[str]:
     """Functions and filters a template uses that do not exist (a typo of ``now``, of
     ``default``...): those Jinja would only refuse when the run renders it."""

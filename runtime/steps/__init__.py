@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, U
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from pagerduty_connector.component.errors import ComponentError, InputError
+from pagerduty_connector.component.errors import ComponentError, InputError, did_you_mean
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.runtime import templates
 
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Scope = dict[str, Any]
+# Known keys of some data, nested; None where nothing more is known.
+Shape = dict[str, Any] | None
 Record = dict[str, Any]
 
 
@@ -193,9 +195,13 @@ class Checker:
     """Deploy-time checks of a flow's steps: each kind's own, templates compiled,
     functions and filters known, and every ``steps.x`` one that runs before."""
 
-    def __init__(self, flow_name: str, manifest: Manifest) -> None:
+    def __init__(self, flow_name: str, manifest: Manifest, trigger: Shape | None = None) -> None:
         self.flow_name, self.manifest = flow_name, manifest
         self.warnings: list[str] = []
+        # What is known of the data templates read: the trigger's output, and each
+        # action step's (by name), as nested keys (None: not known below).
+        self.trigger = trigger
+        self.outputs: dict[str, Shape] = {}
 
     def owner(self, step: StepModel) -> str:
         """How errors name a step: ``flow.step``."""
@@ -213,6 +219,44 @@ class Checker:
                     raise InputError(
                         owner, key, f"refers to step '{ref}', which does not run before"
                     )
+        self.paths(owner, key, value)
+
+    def paths(self, owner: str, key: str, value: Any) -> None:
+        """Check the paths the templates in ``value`` read from the trigger and from
+        action steps against what is known of their data."""
+        for _, text in templates.strings(value):
+            for root, path in templates.attribute_paths(text):
+                if root == "trigger":
+                    self._known(owner, key, "trigger", path, self.trigger)
+                elif root == "steps" and len(path) > 1 and path[0] in self.outputs:
+                    self._known(owner, key, f"steps.{path[0]}", path[1:], self.outputs[path[0]])
+
+    def _known(self, owner: str, key: str, base: str, path: list[str], shape: Shape) -> None:
+        """Refuse a path into data of a known shape that has no such key (a typo such as
+        ``trigger.event.dta.id``), naming the nearest key."""
+        where = base
+        for part in path:
+            if not isinstance(shape, dict):
+                return
+            if part not in shape:
+                hint = did_you_mean(part, list(shape))
+                raise InputError(
+                    owner, key, f"'{where}' has no '{part}'{hint} (it has: {', '.join(shape)})"
+                )
+            shape, where = shape[part], f"{where}.{part}"
+
+    def learn(self, step: StepModel) -> None:
+        """Know an action step's output from its manifest example (PagerDuty's documented
+        answer): its top keys and those of its ``data``, never deeper."""
+        action_key = getattr(step, "action", None)
+        action = next((a for a in self.manifest.actions if a.key == action_key), None)
+        example = action.examplePayload if action else None
+        if not isinstance(example, dict) or not example:
+            return
+        self.outputs[step.name] = {
+            k: ({inner: None for inner in v} if k == "data" and isinstance(v, dict) and v else None)
+            for k, v in example.items()
+        }
 
     def steps(self, steps: list[StepModel], seen: list[str]) -> list[str]:
         """Check ``steps`` in order; the names known after them."""
@@ -221,6 +265,8 @@ class Checker:
             if step.when:
                 self.template(step, "when", "{{" + step.when + "}}", seen)
             step.check(self, seen)
+            if step.KEY == "action":
+                self.learn(step)
             seen.append(step.name)
             if step.EXPORTS_NESTED:
                 seen += [inner.name for inner in walk([step]) if inner is not step]

@@ -342,3 +342,68 @@ async def test_a_when_that_fails_at_run_time_fails_its_step(manifest: Manifest) 
     status, records = await run_flow(demo, manifest, TRIGGER, never)
     assert status == "failed"
     assert "input 'when': template '{{trigger.event.data.nope > 3}}' failed" in records[0]["error"]
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{{ trigger.event.dta.id }}", "'trigger.event' has no 'dta' (did you mean 'data'?)"),
+        ("{{ trigger.evnt.data.id }}", "'trigger' has no 'evnt' (did you mean 'event'?)"),
+        ("{{ steps.a.dta.incident.id }}", "'steps.a' has no 'dta' (did you mean 'data'?)"),
+        (
+            "{{ steps.a.data.incidnet.title }}",
+            "'steps.a.data' has no 'incidnet' (did you mean 'incident'?)",
+        ),
+        ("Note: {{ steps['a'].data.incidents }}", "'steps.a.data' has no 'incidents'"),
+    ],
+)
+def test_template_paths_into_the_trigger_and_action_outputs_are_checked_at_deploy(
+    template: str, problem: str, manifest: Manifest
+) -> None:
+    steps = [
+        *GET,
+        {"name": "b", "action": "createIncidentNote", "inputs": {"id": "P1", "note": template}},
+    ]
+    with pytest.raises(InputError) as info:
+        validate_flow(flow(steps), manifest)
+    assert problem in str(info.value) and "on-incident.b" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ trigger.event.data.anything.below.data }}",  # the resource itself: not described
+        "{{ steps.a.data.incident.whatever }}",  # below the answer's top: not checked
+        "{{ steps.a.data.get('incident') }}",  # a method, not a key
+        "{{ steps.a.data['incident'].title }}",
+        "{{ steps.a.data[trigger.event.data.id] }}",  # a computed key
+        "{{ trigger.headers['x-webhook-id'] }}",
+    ],
+)
+def test_paths_the_checks_cannot_know_are_let_through(template: str, manifest: Manifest) -> None:
+    steps = [
+        *GET,
+        {"name": "b", "action": "createIncidentNote", "inputs": {"id": "P1", "note": template}},
+    ]
+    validate_flow(flow(steps), manifest)
+
+
+def test_a_schedule_flow_reads_its_tick_not_an_event(manifest: Manifest) -> None:
+    def scheduled(note: str) -> Flow:
+        return Flow.model_validate(
+            {
+                "name": "tick",
+                "trigger": {"type": "schedule", "inputs": {"cron": "0 9 * * *"}},
+                "steps": [
+                    {
+                        "name": "b",
+                        "action": "createIncidentNote",
+                        "inputs": {"id": "P1", "note": note},
+                    }
+                ],
+            }
+        )
+
+    validate_flow(scheduled("{{ trigger.scheduledAt }} {{ trigger.schedule.timezone }}"), manifest)
+    with pytest.raises(InputError, match="'trigger' has no 'event'"):
+        validate_flow(scheduled("{{ trigger.event.data.id }}"), manifest)
