@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
 from tests.support.openapi import validate_request
+from tests.support.receiver import Slack
 from tests.support.runtime import AUTH, REST, settings_for
 
 API_KEY = "u+TEST-api-key-9f8e7d6c5b4a"
@@ -209,3 +211,13 @@ def api(
     """The runtime app on the test's database, authenticated as the admin."""
     with TestClient(create_app(runtime_settings), headers=AUTH) as client:
         yield client
+
+
+@pytest.fixture
+def slack() -> Iterator[Slack]:
+    """A stand-in Slack (any service other than PagerDuty) on 127.0.0.1."""
+    server = Slack()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,15 +37,6 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def slack() -> Iterator[Slack]:
-    server = Slack()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def api(database_url: str, tmp_path: Path, subs: FakeSubscriptions) -> Iterator[TestClient]:
     settings = settings_for(database_url, tmp_path, http_allow="127.0.0.1")
     with TestClient(create_app(settings), headers=AUTH) as client:
@@ -70,32 +60,38 @@ def deploy(api: TestClient, document: bytes | dict[str, Any]) -> None:
     assert answer.status_code == 201, answer.text
 
 
-def incident_event(event_type: str, n: int, **data: Any) -> dict[str, Any]:
-    """A V3 incident webhook event as PagerDuty sends it."""
+def v3_event(event_type: str, event_id: str, data: dict[str, Any], **event: Any) -> dict:
+    """A V3 webhook event as PagerDuty sends it."""
     return {
         "event": {
-            "id": f"01EVENT{n:019d}",
+            "id": event_id,
             "event_type": event_type,
-            "resource_type": "incident",
-            "occurred_at": data.pop("occurred_at", "2026-12-04T10:05:00Z"),
+            "resource_type": event_type.split(".")[0],
+            "occurred_at": event.get("occurred_at", "2026-12-04T10:05:00Z"),
             "agent": None,
             "client": None,
-            "data": {
-                "id": f"Q{n}",
-                "type": "incident",
-                "self": f"https://api.pagerduty.com/incidents/Q{n}",
-                "html_url": f"https://acme.pagerduty.com/incidents/Q{n}",
-                "number": n,
-                "status": "triggered",
-                "title": "Server is on fire",
-                "urgency": "high",
-                "created_at": "2026-12-04T10:00:00Z",
-                "service": CHECKOUT,
-                "priority": None,
-                **data,
-            },
+            "data": data,
         }
     }
+
+
+def incident_event(event_type: str, n: int, **data: Any) -> dict[str, Any]:
+    """An incident's event (incident ``Q<n>`` on the checkout service unless told)."""
+    occurred = {"occurred_at": data.pop("occurred_at")} if "occurred_at" in data else {}
+    incident = {
+        "id": f"Q{n}",
+        "type": "incident",
+        "self": f"https://api.pagerduty.com/incidents/Q{n}",
+        "html_url": f"https://acme.pagerduty.com/incidents/Q{n}",
+        "number": n,
+        "status": "triggered",
+        "title": "Server is on fire",
+        "urgency": "high",
+        "created_at": "2026-12-04T10:00:00Z",
+        "service": CHECKOUT,
+        "priority": None,
+    }
+    return v3_event(event_type, f"01EVENT{n:019d}", {**incident, **data}, **occurred)
 
 
 def send(api: TestClient, subs: FakeSubscriptions, instance: str, flow: str, event: dict) -> str:
@@ -289,24 +285,15 @@ def test_07_escalated_after_the_wait_only_if_still_unacknowledged(
 
 
 def service_event(n: int, **data: Any) -> dict[str, Any]:
-    return {
-        "event": {
-            "id": f"01SERVICE{n:017d}",
-            "event_type": "service.updated",
-            "resource_type": "service",
-            "occurred_at": "2026-12-04T10:00:00Z",
-            "agent": None,
-            "client": None,
-            "data": {
-                "id": "PSVC001",
-                "type": "service",
-                "name": "Checkout API",
-                "description": "Takes the money",
-                "status": "active",
-                **data,
-            },
-        }
+    """A service.updated event of the checkout service."""
+    service = {
+        "id": "PSVC001",
+        "type": "service",
+        "name": "Checkout API",
+        "description": "Takes the money",
+        "status": "active",
     }
+    return v3_event("service.updated", f"01SERVICE{n:017d}", {**service, **data})
 
 
 def test_08_what_changed_on_a_service_is_reported(

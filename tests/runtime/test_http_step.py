@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,6 @@ from tests.support.runtime import AUTH, FLOW, deliver, deploy_acme, drain, setti
 
 PATH = "/webhooks/acme/on-incident"
 SECRET_URL_PART = "T000/B000/slack-secret-xyz"
-
-
-@pytest.fixture
-def slack() -> Iterator[Slack]:
-    server = Slack()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def runtime(database_url: str, tmp_path: Path, allow: str | None) -> TestClient:

@@ -6,7 +6,6 @@ on the current flow is refused when one of them changed."""
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,15 @@ from starlette.testclient import TestClient
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
 from pagerduty_connector.runtime.app import create_app
-from tests.conftest import REST
-from tests.support.runtime import AUTH, FLOW, INCIDENT, deliver, deploy_acme, drain, settings_for
+from tests.support.runtime import (
+    AUTH,
+    FLOW,
+    count_incident_steps,
+    deliver,
+    deploy_acme,
+    drain,
+    settings_for,
+)
 
 PATH = "/webhooks/acme/on-incident"
 BROKEN = copy.deepcopy(FLOW)
@@ -34,19 +40,11 @@ def api(database_url: str, tmp_path: Path, subs: FakeSubscriptions) -> Iterator[
 
 @pytest.fixture
 def sent(pd: respx.MockRouter) -> dict[str, Any]:
-    counts: dict[str, Any] = {"get": 0, "notes": []}
+    return count_incident_steps(pd)
 
-    def get(request: Any) -> Any:
-        counts["get"] += 1
-        return respx.MockResponse(200, json=INCIDENT)
 
-    def note(request: Any) -> Any:
-        counts["notes"].append(json.loads(request.content)["note"]["content"])
-        return respx.MockResponse(201, json={"note": {"id": "N1"}})
-
-    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=get)
-    pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=note)
-    return counts
+def contents(sent: dict[str, Any]) -> list[str]:
+    return [note["content"] for note in sent["notes"]]
 
 
 def redeploy(api: TestClient, flow: dict[str, Any]) -> None:
@@ -78,7 +76,7 @@ def test_a_fix_deployed_after_a_failure_runs_only_when_the_retry_asks_for_the_cu
     fixed = retried(api, first, flow="current")
     assert fixed["status"] == "succeeded" and fixed["flowVersion"] == "current"
     assert fixed["retryOf"] == first
-    assert sent["notes"] == ["Investigating: Server is on fire"]
+    assert contents(sent) == ["Investigating: Server is on fire"]
     assert sent["get"] == 1  # the step before the failed one kept its output every time
 
     # A retry of the retry on "the flow it ran" stays on the flow that retry ran.
@@ -110,4 +108,4 @@ def test_a_retry_on_the_current_flow_is_refused_when_a_step_before_the_failure_c
     bad = api.post(f"/api/executions/{first}/retry", json={"flow": "latest"})
     assert bad.status_code == 400 and "flow" in bad.text
     assert len(api.get("/api/executions").json()) == 1  # nothing recorded by the refusals
-    assert sent["get"] == 1 and sent["notes"] == []
+    assert sent["get"] == 1 and contents(sent) == []

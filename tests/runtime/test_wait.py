@@ -19,8 +19,7 @@ from tests.support.processes import wait_until
 from tests.support.runtime import (
     AUTH,
     FLOW,
-    INCIDENT,
-    REST,
+    count_incident_steps,
     deliver,
     deploy_acme,
     drain,
@@ -45,19 +44,7 @@ def settings(database_url: str, tmp_path: Path) -> RuntimeSettings:
 
 @pytest.fixture
 def counted(pd: respx.MockRouter) -> dict[str, Any]:
-    sent: dict[str, Any] = {"get": 0, "notes": []}
-
-    def get(request: Any) -> Any:
-        sent["get"] += 1
-        return respx.MockResponse(200, json=INCIDENT)
-
-    def note(request: Any) -> Any:
-        sent["notes"].append(time.monotonic())
-        return respx.MockResponse(201, json={"note": {"id": "N1"}})
-
-    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=get)
-    pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=note)
-    return sent
+    return count_incident_steps(pd)
 
 
 def status_of(api: TestClient, execution: str) -> dict[str, Any]:
@@ -83,7 +70,7 @@ def test_a_run_waits_then_goes_on_and_shows_it_is_waiting(
     assert [s["status"] for s in record["steps"]] == ["succeeded"] * 3
     assert record["steps"][1]["seconds"] == 2 and record["steps"][1]["until"]
     assert counted["get"] == 1 and len(counted["notes"]) == 1
-    assert counted["notes"][0] - began >= 2
+    assert counted["notes"][0]["at"] - began >= 2
 
 
 def test_a_restart_during_a_wait_neither_shortens_it_nor_repeats_what_came_before(
@@ -104,7 +91,7 @@ def test_a_restart_during_a_wait_neither_shortens_it_nor_repeats_what_came_befor
         record = status_of(api, execution)
     assert record["status"] == "succeeded"
     assert counted["get"] == 1  # done before the wait: not asked again
-    assert len(counted["notes"]) == 1 and counted["notes"][0] - began >= 4
+    assert len(counted["notes"]) == 1 and counted["notes"][0]["at"] - began >= 4
 
 
 def test_waiting_runs_do_not_hold_up_the_other_runs_of_their_flow(

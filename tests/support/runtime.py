@@ -7,6 +7,7 @@ in ``conftest.py``; these are the plain values and functions they and the tests 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,25 @@ def answer_incident(pd: respx.MockRouter) -> None:
     """PagerDuty answers the example flow's two steps: the incident, then its note."""
     pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
     pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+
+
+def count_incident_steps(pd: respx.MockRouter) -> dict[str, Any]:
+    """PagerDuty answers the example flow's two steps and counts what it was sent:
+    ``get`` (reads of the incident) and ``notes`` (each note's time and content)."""
+    sent: dict[str, Any] = {"get": 0, "notes": []}
+
+    def get(request: httpx2.Request) -> httpx2.Response:
+        sent["get"] += 1
+        return httpx2.Response(200, json=INCIDENT)
+
+    def note(request: httpx2.Request) -> httpx2.Response:
+        content = json.loads(request.content)["note"]["content"]
+        sent["notes"].append({"at": time.monotonic(), "content": content})
+        return httpx2.Response(201, json={"note": {"id": "N1"}})
+
+    pd.get(f"{REST}/incidents/Q1P5").mock(side_effect=get)
+    pd.post(f"{REST}/incidents/Q1P5/notes").mock(side_effect=note)
+    return sent
 
 
 def deploy_acme(api: TestClient, flows: list[dict[str, Any]] | None = None) -> None:
