@@ -468,3 +468,24 @@ def test_a_scheduled_flow_shows_its_next_runs_and_runs_now_from_its_page(
     assert 'id="execution-status">succeeded' in shown and "Morning summary for 20" in shown
     console.post("/console/instances/weekday/disable", data={"csrf": csrf})
     assert "none while disabled" in console.get("/console/instances/weekday").text
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "examples" / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_each_recipe_deploys_from_the_console_editor(
+    console: TestClient, subs: FakeSubscriptions, recipe: Path
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    slack = {
+        "name": "slack-webhook",
+        "type": "http-url",
+        "config": {"url": "https://hooks.example.com/x"},
+    }
+    assert as_admin(console).post("/api/connections", json=slack).status_code == 201
+    text = recipe.read_text()
+    deployed = console.post("/console/instances/new", data={"yaml": text, "csrf": csrf})
+    name = text.split("\nname: ", 1)[1].split()[0]
+    assert f"Deployed {name}" in deployed.text, deployed.text
