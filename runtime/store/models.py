@@ -99,7 +99,7 @@ class ExecutionRow(Base):
     webhook_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # PagerDuty's event.id for a signed delivery; empty for test runs, replays, retries.
     event_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    status: Mapped[str] = mapped_column(String(20), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
     received_body: Mapped[str] = mapped_column(Text, default="")
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)

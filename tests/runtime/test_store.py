@@ -84,7 +84,7 @@ async def test_migrations_are_idempotent_and_secrets_are_sealed_at_rest(store: S
         rows = (await raw.execute(text("SELECT name, secrets FROM connections"))).all()
         revision = (await raw.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     assert rows[0][0] == "ops" and "SEKRIT" not in rows[0][1]
-    assert revision == ScriptDirectory.from_config(alembic_config()).get_current_head() == "0009"
+    assert revision == ScriptDirectory.from_config(alembic_config()).get_current_head() == "0010"
 
 
 async def test_the_migrated_tables_have_the_models_indexes(store: Store) -> None:
