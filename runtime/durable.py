@@ -65,6 +65,10 @@ ORDERED_QUEUE = "pdc-ordered"
 # long as it waits, so these have a bound of their own (PDC_WAITING_CONCURRENCY), or
 # four runs waiting ten minutes would hold up every other run of their flow.
 PATIENT_QUEUE = "pdc-patient"
+# Loop items whose earlier run failed, run again by a retry (a fork of the item's
+# workflow): with no limit and no partition, as the run that waits for them already
+# holds its flow's place (``runtime/steps/loop.py``).
+ITEM_QUEUE = "pdc-items"
 # One version for every process: DBOS recovers only workflows of its own version, and
 # any replica must be able to finish another's executions.
 APPLICATION_VERSION = "pdc-1"
@@ -122,6 +126,7 @@ class SealedSerializer(Serializer):
 
 
 WORKFLOW = "pdc.execution"
+ITEM_WORKFLOW = "pdc.item-run"
 PLAN_STEP = "pdc.plan"
 SCHEDULE_POLL = 5.0
 
@@ -217,6 +222,8 @@ class Durable:
         # that a stop need not wait for: at a step boundary, or asleep between tries.
         self.live: set[str] = set()
         self.parked: set[str] = set()
+        # Per execution, how many of its steps (loop items') are in a wait step here.
+        self.waiting: dict[str, int] = {}
         self.stopping = False
         # Pending runs of this executor seen without a task here at the last sweep.
         self._unowned: set[str] = set()
@@ -267,6 +274,9 @@ class Durable:
             PATIENT_QUEUE,
             partition_concurrency=settings.waiting_concurrency,
             polling_interval_sec=settings.queue_polling_interval,
+        )
+        await DBOS.register_queue_async(
+            ITEM_QUEUE, polling_interval_sec=settings.queue_polling_interval
         )
         await self.beat()
         self._watcher = asyncio.create_task(self._watch())
@@ -522,8 +532,17 @@ class Durable:
 
     async def cancel(self, execution_id: str) -> None:
         """Cancel an execution's run wherever it is: queued, it never starts; running (in
-        any process), it stops when it next reaches DBOS, before its next step."""
+        any process), it stops when it next reaches DBOS, before its next step. So do
+        the workflows of its loop items (their ids start with the execution's)."""
         await DBOS.cancel_workflow_async(execution_id)
+        items = await DBOS.list_workflows_async(
+            workflow_id_prefix=f"{execution_id}.",
+            status=["PENDING", "ENQUEUED"],
+            load_input=False,
+            load_output=False,
+        )
+        if items:
+            await DBOS.cancel_workflows_async([w.workflow_id for w in items])
 
     async def retry_point(self, execution: ExecutionRow) -> int:
         """The DBOS step a retry of ``execution`` starts from (the steps before it keep
@@ -531,14 +550,7 @@ class Durable:
         for a run that failed between attempts (a template, the database, a fault of
         ours), the first DBOS step that recorded an error, or the one after the last
         step recorded, so that nothing that reached PagerDuty is sent again."""
-        attempts = failed_attempts(execution.steps or [])
-        if attempts:
-            return int(attempts[0]["checkpoint"])
-        recorded = await DBOS.list_workflow_steps_async(execution.id)
-        errored = [s["function_id"] for s in recorded if s["error"] is not None]
-        if errored:
-            return min(errored)
-        return max((s["function_id"] for s in recorded), default=-1) + 1
+        return await resume_point(execution.id, execution.steps or [])
 
     async def drain(self) -> None:
         """Wait until no execution is unfinished (tests, and operators before an upgrade);
@@ -555,14 +567,32 @@ class Durable:
                     await asyncio.sleep(0.05)
 
 
+async def resume_point(workflow_id: str, records: list[dict[str, Any]]) -> int:
+    """The DBOS step of workflow ``workflow_id`` (whose flow steps recorded ``records``)
+    a retry starts from: see ``Durable.retry_point``."""
+    attempts = failed_attempts(records)
+    if attempts:
+        return int(attempts[0]["checkpoint"])
+    recorded = await DBOS.list_workflow_steps_async(workflow_id)
+    errored = [s["function_id"] for s in recorded if s["error"] is not None]
+    if errored:
+        return min(errored)
+    return max((s["function_id"] for s in recorded), default=-1) + 1
+
+
 def failed_attempts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The attempts of the first failed action in ``records``, nested steps included
-    (a branch's, a loop item's): where a retry starts."""
+    (a branch's, a loop item's): where a retry starts. For a loop whose items ran side
+    by side, the checkpoint that took the first failed item's result (the item's own
+    steps are in its workflow: the retry runs that item again from its failed step)."""
     for record in records:
         if record.get("status") != "failed":
             continue
         if record.get("attempts"):
             return list(record["attempts"])
+        for lane, item in zip(record.get("lanes") or [], record.get("items") or [], strict=False):
+            if any(r.get("status") == "failed" for r in item) and "checkpoint" in lane:
+                return [{"checkpoint": lane["checkpoint"]}]
         inner = [
             *(record.get("steps") or []),
             *(r for item in record.get("items") or [] for r in item),
@@ -699,12 +729,24 @@ class DurableServices:
     a durable sleep, and a clock made of recorded times only (the run's start, then each
     attempt's end and each wait's end), so a resumed run renders what it rendered."""
 
-    def __init__(self, engine: Engine, plan: dict[str, Any], started: str) -> None:
+    def __init__(
+        self, engine: Engine, plan: dict[str, Any], started: str, execution_id: str | None = None
+    ) -> None:
         from pagerduty_connector.runtime.templates import parse_time
 
         self.engine, self.plan, self.manifest = engine, plan, engine.manifest
+        # The execution the steps belong to (a loop item's workflow is not it).
+        self.execution_id = execution_id or DBOS.workflow_id or ""
         self._parse = parse_time
         self.clock = parse_time(started)
+        # How many times each loop has begun in this workflow: part of its items' ids,
+        # so a loop run twice (inside another loop) starts items of its own each time.
+        self.loops: dict[str, int] = {}
+
+    def lanes(self, runner: Any, loop: Any) -> ItemWorkflows:
+        """A loop's items, each a workflow of its own."""
+        begun = self.loops[loop.name] = self.loops.get(loop.name, -1) + 1
+        return ItemWorkflows(self, runner.flow_name, loop, begun)
 
     def now(self) -> Any:
         """The run's clock."""
@@ -738,20 +780,154 @@ class DurableServices:
         """A durable sleep (DBOS records when it ends; a resumed run sleeps only what is
         left), the execution shown as ``waiting`` meanwhile; the clock then moves to the
         end of the wait. A planned stop need not wait for it."""
-        durable, execution_id = self.engine.durable, DBOS.workflow_id or ""
-        await durable.between_steps(execution_id)
+        durable, workflow_id = self.engine.durable, DBOS.workflow_id or ""
+        await durable.between_steps(workflow_id)
         until = self.clock.add(seconds=seconds)
         if seconds > 0:
+            # Items of a loop can wait side by side: the execution is waiting until the
+            # last of them (in this process) wakes.
+            execution_id = self.execution_id
+            waiting = durable.waiting[execution_id] = durable.waiting.get(execution_id, 0) + 1
             why = f"waiting until {until.isoformat()} (step {record['name']})"
-            await self._status(execution_id, {"status": "waiting", "reason": why})
-            async with durable.resting(execution_id):
+            if waiting == 1:
+                await self._status(execution_id, {"status": "waiting", "reason": why})
+            async with durable.resting(workflow_id):
                 await DBOS.sleep_async(seconds)
-            await self._status(execution_id, {"status": "running", "reason": None})
+            durable.waiting[execution_id] -= 1
+            if not durable.waiting[execution_id]:
+                del durable.waiting[execution_id]
+                await self._status(execution_id, {"status": "running", "reason": None})
         self.clock = until
 
     async def _status(self, execution_id: str, values: dict[str, Any]) -> None:
         update = partial(self.engine.writer.update, execution_id, values)
         await patiently(update, f"execution {execution_id}")
+
+
+class ItemWorkflows:
+    """The items of one loop of a durable run, each a DBOS workflow (``pdc.item``) with
+    its own checkpoints: items in flight at once cannot share the run's, whose order
+    would then depend on which item's step happened to start first.
+
+    An item's workflow id is ``<execution>.<loop>.<n>.<index>``: in the run's own
+    checkpoints (DBOS records a started child), so a resumed run finds its items again
+    and a retry (a fork of the run) keeps those started before its fork point."""
+
+    def __init__(self, services: DurableServices, flow_name: str, loop: Any, begun: int) -> None:
+        self.services, self.flow_name, self.loop = services, flow_name, loop
+        self.prefix = f"{DBOS.workflow_id}.{loop.name}.{begun}"
+        self.definition = loop.model_dump(by_alias=True, exclude_none=True)
+
+    async def start(self, index: int, scope: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+        """Start item ``index`` (at a step boundary: a stopping process starts none)."""
+        services = self.services
+        engine = services.engine
+        await engine.durable.between_steps(DBOS.workflow_id or "")
+        with SetWorkflowID(f"{self.prefix}.{index}"):
+            handle = await DBOS.start_workflow_async(
+                run_loop_item,
+                services.plan,
+                self.flow_name,
+                self.definition,
+                scope,
+                services.clock.isoformat(),
+            )
+        child = handle.get_workflow_id()  # on a retry, maybe an earlier run's item
+
+        async def result() -> dict[str, Any]:
+            me = DBOS.workflow_id or ""
+            async with engine.durable.resting(me):
+                outcome = await item_result(child, services.execution_id)
+            services.advance(outcome["at"])
+            return {
+                **outcome["result"],
+                "workflow": outcome["workflow"],
+                "checkpoint": outcome["checkpoint"],
+            }
+
+        return result
+
+
+@DBOS.workflow(name=ITEM_WORKFLOW)
+async def run_loop_item(
+    plan: dict[str, Any],
+    flow_name: str,
+    loop: dict[str, Any],
+    scope: dict[str, Any],
+    clock: str,
+) -> dict[str, Any]:
+    """One item of a loop whose items run side by side: its steps, checkpointed here."""
+    from pagerduty_connector.runtime.flows import Flow
+    from pagerduty_connector.runtime.steps import run_item, walk
+    from pagerduty_connector.runtime.steps.loop import ForEachStep
+
+    engine = current()
+    me = DBOS.workflow_id or ""
+    execution_id = me.split(".", 1)[0]
+    engine.durable.live.add(me)
+    try:
+        body = ForEachStep.model_validate(loop).steps
+        if execution_id != plan["execution"] and (definition := await retry_flow(execution_id)):
+            # A retry that runs the item again, maybe on the flow as it is now.
+            name = loop["name"]
+            found = [s for s in walk(Flow.model_validate(definition).steps) if s.name == name]
+            if found and found[0].KEY == "forEach":
+                body = found[0].steps
+        services = DurableServices(engine, plan, clock, execution_id)
+        return await run_item(flow_name, services, body, {**scope, "now": services.now})
+    except Exception as exc:
+        if unavailable(exc):
+            log.warning("a loop item of %s waits for the database: %s", execution_id, why(exc))
+            raise RunSuspended(me) from None
+        raise
+    finally:
+        engine.durable.live.discard(me)
+        engine.durable.parked.discard(me)
+
+
+@DBOS.step(name="pdc.item")
+async def item_result(child: str, execution_id: str) -> dict[str, Any]:
+    """Wait for a loop item's workflow to end; its result. An item an earlier run
+    started (a retry keeps it) is taken as it ended if it succeeded, else run again
+    from its failed step (a fork, ``<execution>.<rest of its id>``), as a retry of
+    the whole run would."""
+    try:
+        if not child.startswith(f"{execution_id}."):
+            child = await _renewed(child, execution_id)
+        result = await DBOS.get_result_async(child)
+    except Exception as exc:
+        if unavailable(exc):
+            raise RunSuspended(child) from None
+        error = redact(f"the item's run ended unexpectedly: {type(exc).__name__}: {exc}")
+        result = {
+            "status": "failed",
+            "records": [{"name": "item", "kind": "forEach", "status": "failed", "error": error}],
+            "outputs": {},
+        }
+    return {
+        "result": result,
+        "workflow": child,
+        "checkpoint": DBOS.step_id,
+        "at": now().isoformat(),
+    }
+
+
+async def _renewed(child: str, execution_id: str) -> str:
+    """The workflow that gives a retry the result of an earlier run's loop item."""
+    again = f"{execution_id}.{child.split('.', 1)[1]}"
+    if await DBOS.get_workflow_status_async(again) is not None:
+        return again  # forked already (this step was cut off after the fork)
+    status = await DBOS.get_workflow_status_async(child)
+    if status is None or status.status in ("PENDING", "ENQUEUED"):
+        return child
+    output = status.output if status.status == "SUCCESS" else None
+    if isinstance(output, dict) and output.get("status") != "failed":
+        return child
+    records = output.get("records", []) if isinstance(output, dict) else []
+    point = await resume_point(child, records)
+    with SetWorkflowID(again):
+        await DBOS.fork_workflow_async(child, point, queue_name=ITEM_QUEUE)
+    return again
 
 
 @DBOS.step(name="pdc.http")

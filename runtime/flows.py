@@ -20,7 +20,14 @@ from pagerduty_connector.component.manifest import Manifest
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime import schedules
 from pagerduty_connector.runtime import steps as kinds
-from pagerduty_connector.runtime.steps import Checker, Record, Runner, StepModel, walk
+from pagerduty_connector.runtime.steps import (
+    Checker,
+    LocalLanes,
+    Record,
+    Runner,
+    StepModel,
+    walk,
+)
 from pagerduty_connector.runtime.templates import (
     TemplateFailed,
     check,
@@ -153,6 +160,9 @@ class _ActionsOnly:
 
     async def state(self, operation: dict[str, Any]) -> Any:
         raise InputError("run", "state", "this run has no state store")
+
+    def lanes(self, runner: Runner, loop: Any) -> LocalLanes:
+        return LocalLanes(runner, loop)
 
 
 async def run_flow(

@@ -19,10 +19,11 @@ checkpoint of the workflow (``runtime/durable.py``), so it is never done twice.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol, Union
 
@@ -129,6 +130,53 @@ class Services(Protocol):
     async def state(self, operation: dict[str, Any]) -> Any:
         """Get, set, increment or delete a value of the instance's key/value store."""
         ...
+
+    def lanes(self, runner: Runner, loop: Any) -> Lanes:
+        """How the items of a loop that runs several at once are started: in a durable
+        run each is a workflow of its own (``runtime/durable.py``), else a task."""
+        ...
+
+
+# What one item of a loop gives back: ``status`` (``succeeded``/``failed``), the
+# ``records`` of its steps, the ``outputs`` by step name, and ``swallowed``, the failures
+# that ``onError: continue`` let it go past.
+ItemResult = dict[str, Any]
+
+
+class Lanes(Protocol):
+    """Starts the items of one loop that runs several at once."""
+
+    async def start(self, index: int, scope: Scope) -> Callable[[], Awaitable[ItemResult]]:
+        """Start item ``index`` with its own ``scope``; what awaits its result."""
+        ...
+
+
+async def run_item(
+    flow_name: str, services: Services, steps: list[StepModel], scope: Scope
+) -> ItemResult:
+    """Run a loop item's steps in a runner of their own (an item runs beside others)."""
+    runner = Runner(flow_name, services)
+    status, records = await runner.run_steps(steps, scope)
+    outputs = {s.name: scope["steps"][s.name] for s in steps if s.name in scope["steps"]}
+    return {"status": status, "records": records, "outputs": outputs, "swallowed": runner.swallowed}
+
+
+class LocalLanes:
+    """Items as tasks of this process (a run with no durable engine: tests, try-outs)."""
+
+    def __init__(self, runner: Runner, loop: Any) -> None:
+        self.runner, self.loop = runner, loop
+
+    async def start(self, index: int, scope: Scope) -> Callable[[], Awaitable[ItemResult]]:
+        """The item as a task; awaiting it gives its result."""
+        task = asyncio.ensure_future(
+            run_item(self.runner.flow_name, self.runner.services, self.loop.steps, scope)
+        )
+
+        async def result() -> ItemResult:
+            return await task
+
+        return result
 
 
 class StepStopped(ComponentError):

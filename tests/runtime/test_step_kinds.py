@@ -323,3 +323,37 @@ async def test_for_each_needs_a_list_and_a_free_name(manifest: Manifest) -> None
     ]
     with pytest.raises(InputError, match="refers to step 'note', which does not run before"):
         validate_flow(make(outside), manifest)
+
+
+async def test_for_each_with_concurrency_keeps_the_bound_and_the_items_order(
+    manifest: Manifest,
+) -> None:
+    """A run with no durable engine runs the items as tasks: at most ``concurrency`` at
+    once, outputs in the items' order whichever ends first; each item has its own vars."""
+    import asyncio
+
+    flying = {"now": 0, "most": 0}
+
+    async def slow_first(step: Any, inputs: dict[str, Any]) -> Any:
+        flying["now"] += 1
+        flying["most"] = max(flying["most"], flying["now"])
+        await asyncio.sleep(0.05 if inputs["note"] == "disk" else 0.01)  # the first ends last
+        flying["now"] -= 1
+        return {"data": {"echo": inputs["note"]}}
+
+    body = [
+        {"name": "mine", "set": {"seen": "{{ item.summary }}"}},
+        {
+            "name": "note",
+            "action": "createIncidentNote",
+            "inputs": {"id": "P1", "note": "{{ vars.seen }}"},
+        },
+    ]
+    status, records = await run_flow(
+        make([loop(body, concurrency=2)]), manifest, ALERTS, slow_first
+    )
+    assert status == "succeeded" and flying["most"] == 2
+    assert [o["note"]["data"]["echo"] for o in records[0]["result"]] == ["disk", "cpu", "ram"]
+    for bound in (0, 21):
+        with pytest.raises(ValidationError, match="concurrency"):
+            validate_flow(make([loop(body, concurrency=bound)]), manifest)
