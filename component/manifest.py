@@ -211,6 +211,9 @@ class EventType(_Strict):
     value: str
     label: str
     description: str | None = None
+    # Which of the trigger's ``eventData`` the event's ``data`` is, where PagerDuty's
+    # documentation says; None where it does not (deploy then leaves the data unchecked).
+    data: str | None = None
 
 
 class Trigger(_Component):
@@ -219,7 +222,19 @@ class Trigger(_Component):
     resourceType: str
     scope: str | None = None
     events: list[EventType]
+    # PagerDuty's documented example of each kind of ``event.data``, by name.
+    eventData: dict[str, dict[str, Any]] = Field(default_factory=dict)
     examplePayload: Any = None
+
+    @model_validator(mode="after")
+    def _described(self) -> Trigger:
+        for event in self.events:
+            if event.data is not None and event.data not in self.eventData:
+                raise ValueError(
+                    f"{self.key}: event {event.value} has data '{event.data}', "
+                    "which eventData does not describe"
+                )
+        return self
 
 
 class DataSource(_Component):

@@ -26,6 +26,8 @@ from pagerduty_connector.runtime.steps import (
     Record,
     Runner,
     StepModel,
+    shape_union,
+    two_levels,
     walk,
 )
 from pagerduty_connector.runtime.templates import (
@@ -96,7 +98,7 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     sent as they are) are returned.
     """
     warnings = _check_trigger(flow, manifest)
-    checker = Checker(flow.name, manifest, trigger_shape(flow))
+    checker = Checker(flow.name, manifest, trigger_shape(flow, manifest))
     checker.warnings += warnings
     if flow.concurrencyKey is not None:
         check(flow.name, "concurrencyKey", flow.concurrencyKey)
@@ -107,13 +109,24 @@ def validate_flow(flow: Flow, manifest: Manifest) -> list[str]:
     return checker.warnings
 
 
-def trigger_shape(flow: Flow) -> dict[str, Any]:
-    """What a flow's ``trigger`` holds, as far as deploy can check paths into it: a V3
-    webhook's event fields (its ``data`` is the resource, not checked: PagerDuty's
-    OpenAPI document does not describe V3 payloads), or a schedule's tick."""
+def trigger_shape(flow: Flow, manifest: Manifest) -> dict[str, Any]:
+    """What a flow's ``trigger`` holds, as far as deploy can check paths into it: a
+    schedule's tick, or a V3 webhook's event fields, and its ``data`` as PagerDuty
+    documents it for the event types the flow selects (any of them: the keys of each,
+    two levels deep), or unchecked when one of them is not documented."""
     if flow.trigger.type == schedules.SCHEDULE:
         return {"scheduledAt": None, "schedule": {"cron": None, "timezone": None}}
-    return {"event": dict.fromkeys(EVENT_FIELDS), "headers": None}
+    event: dict[str, Any] = dict.fromkeys(EVENT_FIELDS)
+    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
+    selected = flow.trigger.inputs.get("events") or []
+    if trigger is not None and isinstance(selected, list):
+        kinds = {e.value: e.data for e in trigger.events}
+        names = [kinds.get(value) for value in selected]
+        if names and None not in names:
+            event["data"] = shape_union(
+                [two_levels(trigger.eventData[name]) for name in dict.fromkeys(names) if name]
+            )
+    return {"event": event, "headers": None}
 
 
 def _check_trigger(flow: Flow, manifest: Manifest) -> list[str]:

@@ -302,8 +302,7 @@ class Checker:
         if not isinstance(example, dict) or not example:
             return
         self.outputs[step.name] = {
-            k: ({inner: None for inner in v} if k == "data" and isinstance(v, dict) and v else None)
-            for k, v in example.items()
+            k: (keys_of(v) if k == "data" else None) for k, v in example.items()
         }
 
     def steps(self, steps: list[StepModel], seen: list[str]) -> list[str]:
@@ -319,6 +318,31 @@ class Checker:
             if step.EXPORTS_NESTED:
                 seen += [inner.name for inner in walk([step]) if inner is not step]
         return seen
+
+
+def keys_of(example: Any) -> Shape:
+    """The keys of an example mapping (None below them); None for anything else."""
+    return dict.fromkeys(example) if isinstance(example, dict) and example else None
+
+
+def two_levels(example: Any) -> Shape:
+    """The keys of an example mapping and those of the mappings in it, never deeper."""
+    if not isinstance(example, dict) or not example:
+        return None
+    return {k: keys_of(v) for k, v in example.items()}
+
+
+def shape_union(shapes: list[Shape]) -> Shape:
+    """What any of ``shapes`` may hold: a key known to one is known; where one of them
+    does not know what is below a key, nothing is known below it."""
+    if not shapes or any(shape is None for shape in shapes):
+        return None
+    merged: dict[str, Any] = {}
+    for shape in shapes:
+        assert shape is not None
+        for key, below in shape.items():
+            merged[key] = shape_union([merged[key], below]) if key in merged else below
+    return merged
 
 
 def load_kinds() -> None:

@@ -284,16 +284,28 @@ def test_07_escalated_after_the_wait_only_if_still_unacknowledged(
     }
 
 
-def service_event(n: int, **data: Any) -> dict[str, Any]:
-    """A service.updated event of the checkout service."""
-    service = {
+CHECKOUT_SERVICE = {
+    "id": "PSVC001",
+    "type": "service",
+    "name": "Checkout API",
+    "description": "Takes the money",
+    "status": "active",
+}
+
+
+def service_event(n: int) -> dict[str, Any]:
+    """A service.updated event of the checkout service: its data as PagerDuty documents
+    it (a reference, its summary and teams; not its fields)."""
+    data = {
         "id": "PSVC001",
         "type": "service",
-        "name": "Checkout API",
-        "description": "Takes the money",
-        "status": "active",
+        "self": f"{REST}/services/PSVC001",
+        "html_url": "https://acme.pagerduty.com/services/PSVC001",
+        "summary": "Checkout API",
+        "alert_creation": "create_alerts_and_incidents",
+        "teams": [],
     }
-    return v3_event("service.updated", f"01SERVICE{n:017d}", {**service, **data})
+    return v3_event("service.updated", f"01SERVICE{n:017d}", data)
 
 
 def test_08_what_changed_on_a_service_is_reported(
@@ -304,19 +316,17 @@ def test_08_what_changed_on_a_service_is_reported(
     change = pd.post(f"{EVENTS}/change/enqueue").respond(
         202, json={"status": "success", "message": "Change event processed"}
     )
+    service = pd.get(f"{REST}/services/PSVC001")
+    service.respond(json={"service": CHECKOUT_SERVICE})
     first = send(api, subs, "service-changes", "what-changed", service_event(1))
     drain(api)
     assert change.call_count == 0  # nothing known before: nothing to compare
     assert execution(api, first)["status"] == "succeeded"
-    send(
-        api,
-        subs,
-        "service-changes",
-        "what-changed",
-        service_event(2, name="Checkout", status="warning"),
-    )
+    changed = {**CHECKOUT_SERVICE, "name": "Checkout", "status": "warning"}
+    service.respond(json={"service": changed})
+    send(api, subs, "service-changes", "what-changed", service_event(2))
     drain(api)
-    assert change.call_count == 1
+    assert change.call_count == 1 and service.call_count == 2
     assert json.loads(change.calls.last.request.content)["payload"]["summary"] == (
         "Checkout changed: name: Checkout API -> Checkout; status: active -> warning; "
     )

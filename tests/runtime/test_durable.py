@@ -498,7 +498,8 @@ def test_a_step_whose_input_renders_to_nothing_ends_its_run_failed_and_can_be_re
             **FLOW["steps"][1],
             "inputs": {
                 "id": "{{ steps.incident.data.incident.id }}",
-                "note": "{{ trigger.event.data.nope }}",
+                # A documented key this event lacks: deploy lets it through.
+                "note": "{{ trigger.event.data.priority.summary }}",
             },
         },
     ]
@@ -511,8 +512,8 @@ def test_a_step_whose_input_renders_to_nothing_ends_its_run_failed_and_can_be_re
         assert record["status"] == "failed"
         assert record["error"] == (
             "TemplateFailed: on-incident.note: input 'note': template "
-            "'{{ trigger.event.data.nope }}' failed: UndefinedError: 'dict object' has no "
-            "attribute 'nope'"
+            "'{{ trigger.event.data.priority.summary }}' failed: UndefinedError: 'dict object' "
+            "has no attribute 'priority'"
         )
         assert [s["status"] for s in record["steps"]] == ["succeeded", "failed"]
     with TestClient(create_app(settings), headers=AUTH) as api:
@@ -628,7 +629,7 @@ def test_a_loop_retried_resumes_at_the_failed_item(
         "steps": [
             {
                 "name": "each",
-                "forEach": "{{ trigger.event.data.alerts }}",
+                "forEach": "{{ trigger.event.data.assignees }}",
                 "steps": [
                     {
                         "name": "note",
@@ -643,7 +644,7 @@ def test_a_loop_retried_resumes_at_the_failed_item(
         "/api/instances/acme", json={"connection": "ops", "flows": [looping]}
     ).is_success
     event = copy.deepcopy(EVENT)
-    event["event"]["data"]["alerts"] = ["a", "b", "c"]
+    event["event"]["data"]["assignees"] = ["a", "b", "c"]
     answer = deliver(durable_api, subs, PATH, "loop", event=event)
     drain(durable_api)
     failed = durable_api.get(f"/api/executions/{answer.json()['execution']}").json()

@@ -372,7 +372,7 @@ def test_template_paths_into_the_trigger_and_action_outputs_are_checked_at_deplo
 @pytest.mark.parametrize(
     "template",
     [
-        "{{ trigger.event.data.anything.below.data }}",  # the resource itself: not described
+        "{{ trigger.event.data.service.id.anything }}",  # below two levels: not checked
         "{{ steps.a.data.incident.whatever }}",  # below the answer's top: not checked
         "{{ steps.a.data.get('incident') }}",  # a method, not a key
         "{{ steps.a.data['incident'].title }}",
@@ -386,6 +386,85 @@ def test_paths_the_checks_cannot_know_are_let_through(template: str, manifest: M
         {"name": "b", "action": "createIncidentNote", "inputs": {"id": "P1", "note": template}},
     ]
     validate_flow(flow(steps), manifest)
+
+
+@pytest.mark.parametrize(
+    ("events", "template", "problem"),
+    [
+        (
+            ["incident.triggered"],
+            "{{ trigger.event.data.tilte }}",
+            "has no 'tilte' (did you mean 'title'?)",
+        ),
+        (
+            ["incident.resolved"],
+            "{{ trigger.event.data.priority.sumary }}",
+            "'trigger.event.data.priority' has no 'sumary' (did you mean 'summary'?)",
+        ),
+        # A note's data is the note: its incident is a reference, not the incident.
+        (
+            ["incident.annotated"],
+            "{{ trigger.event.data.title }}",
+            "'trigger.event.data' has no 'title'",
+        ),
+        (
+            ["incident.annotated"],
+            "{{ trigger.event.data.incident.title }}",
+            "'trigger.event.data.incident' has no 'title'",
+        ),
+        # Either event may come: a key of one of them passes, one of neither does not.
+        (
+            ["incident.triggered", "incident.annotated"],
+            "{{ trigger.event.data.contnet }}",
+            "(did you mean 'content'?)",
+        ),
+        (
+            ["service.updated"],
+            "{{ trigger.event.data.name }}",
+            "'trigger.event.data' has no 'name'",
+        ),
+    ],
+)
+def test_paths_into_event_data_are_checked_against_pagerdutys_documented_payloads(
+    events: list[str], template: str, problem: str, manifest: Manifest
+) -> None:
+    """PagerDuty's V3 webhook documentation describes ``event.data`` for most event
+    types (the manifest's ``eventData``): a path into it is checked against the data of
+    every event type the flow selects."""
+    trigger = "serviceTrigger" if events[0].startswith("service.") else "incidentsTrigger"
+    steps = [
+        {"name": "b", "action": "createIncidentNote", "inputs": {"id": "P1", "note": template}}
+    ]
+    with pytest.raises(InputError) as info:
+        validate_flow(flow(steps, trigger, {"events": events}), manifest)
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("events", "template"),
+    [
+        (
+            ["incident.triggered", "incident.annotated"],
+            "{{ trigger.event.data.content }} {{ trigger.event.data.title }}",
+        ),
+        (
+            ["incident.responder.added"],
+            "{{ trigger.event.data.user.summary }} {{ trigger.event.data.message }}",
+        ),
+        (["incident.status_update_published"], "{{ trigger.event.data.message }}"),
+        # Not described by PagerDuty: its data is not checked.
+        (["incident.triggered", "incident.workflow.started"], "{{ trigger.event.data.anything }}"),
+        (["service.updated"], "{{ trigger.event.data.summary }} {{ trigger.event.data.teams }}"),
+    ],
+)
+def test_documented_keys_and_undocumented_events_pass(
+    events: list[str], template: str, manifest: Manifest
+) -> None:
+    trigger = "serviceTrigger" if events[0].startswith("service.") else "incidentsTrigger"
+    steps = [
+        {"name": "b", "action": "createIncidentNote", "inputs": {"id": "P1", "note": template}}
+    ]
+    validate_flow(flow(steps, trigger, {"events": events}), manifest)
 
 
 def test_a_schedule_flow_reads_its_tick_not_an_event(manifest: Manifest) -> None:

@@ -30,7 +30,7 @@ ITEMS = list("abcdefgh")
 
 
 def looping(concurrency: int, **extra: Any) -> dict[str, Any]:
-    """A flow that notes each alert of the event, ``concurrency`` at once."""
+    """A flow that notes each assignee of the incident, ``concurrency`` at once."""
     note = {
         "name": "note",
         "action": "createIncidentNote",
@@ -41,7 +41,7 @@ def looping(concurrency: int, **extra: Any) -> dict[str, Any]:
         "steps": [
             {
                 "name": "each",
-                "forEach": "{{ trigger.event.data.alerts }}",
+                "forEach": "{{ trigger.event.data.assignees }}",
                 "concurrency": concurrency,
                 "steps": [note],
                 **extra,
@@ -105,7 +105,7 @@ def run(
     api: TestClient, subs: FakeSubscriptions, items: list[str] = ITEMS, name: str = "loop"
 ) -> str:
     event = copy.deepcopy(EVENT)
-    event["event"]["data"]["alerts"] = items
+    event["event"]["data"]["assignees"] = items
     answer = deliver(api, subs, PATH, name, event=event)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["execution"])
@@ -251,7 +251,7 @@ def test_a_loop_side_by_side_inside_a_loop_in_turn_starts_new_items_each_time(
         "steps": [
             {
                 "name": "groups",
-                "forEach": "{{ trigger.event.data.alerts }}",
+                "forEach": "{{ trigger.event.data.assignees }}",
                 "as": "group",
                 "steps": [inner],
             }
