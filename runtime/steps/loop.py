@@ -104,11 +104,7 @@ class ForEachStep(StepModel):
                 failed += 1
                 if self.onError == "stop":
                     raise StepStopped(f"item {index} of {len(items)} failed")
-        if failed:
-            runner.swallowed += 1
-            record["failedItems"] = failed
-        record["result"] = redact_data(outputs)
-        return outputs
+        return _collected(runner, record, outputs, failed)
 
     async def _side_by_side(
         self, runner: Runner, scope: Scope, items: list[Any], record: Record
@@ -154,8 +150,16 @@ class ForEachStep(StepModel):
         outputs = [r["outputs"] for r in results]
         if stopped_at is not None:
             raise StepStopped(f"item {stopped_at} of {len(items)} failed")
-        if failed:
-            runner.swallowed += 1
-            record["failedItems"] = failed
-        record["result"] = redact_data(outputs)
-        return outputs
+        return _collected(runner, record, outputs, failed)
+
+
+def _collected(
+    runner: Runner, record: Record, outputs: list[dict[str, Any]], failed: int
+) -> list[dict[str, Any]]:
+    """A loop's outputs, once every item ran: with items that failed and went on
+    (``onError: continue``), the run ends ``succeeded_with_errors``."""
+    if failed:
+        runner.swallowed += 1
+        record["failedItems"] = failed
+    record["result"] = redact_data(outputs)
+    return outputs

@@ -132,15 +132,21 @@ def test_items_run_side_by_side_up_to_the_bound_and_their_outputs_keep_the_items
     assert record["steps"][1]["status"] == "succeeded"  # the step after the loop ran
 
 
-def test_a_failed_item_stops_the_loop_and_a_retry_runs_only_what_did_not_succeed(
-    api: TestClient, notes: Notes, subs: FakeSubscriptions
-) -> None:
+def fail_at_c(api: TestClient, notes: Notes, subs: FakeSubscriptions) -> str:
+    """A run of the two-at-once loop whose item c PagerDuty refuses: its id, ended failed."""
     notes.refuse = {"c"}
     deploy(api, looping(2))
     failed_id = run(api, subs)
     drain(api)
+    assert execution(api, failed_id)["status"] == "failed"
+    return failed_id
+
+
+def test_a_failed_item_stops_the_loop_and_a_retry_runs_only_what_did_not_succeed(
+    api: TestClient, notes: Notes, subs: FakeSubscriptions
+) -> None:
+    failed_id = fail_at_c(api, notes, subs)
     failed = execution(api, failed_id)
-    assert failed["status"] == "failed"
     loop = failed["steps"][0]
     statuses = [item[0]["status"] for item in loop["items"]]
     # c failed; d was in flight beside it and finished; nothing after d started.
@@ -219,11 +225,7 @@ def test_a_planned_stop_mid_loop_lets_the_items_in_flight_finish_and_the_run_res
 def test_a_retry_on_the_current_flow_runs_the_failed_item_with_the_fix(
     api: TestClient, notes: Notes, subs: FakeSubscriptions
 ) -> None:
-    notes.refuse = {"c"}
-    deploy(api, looping(2))
-    failed_id = run(api, subs)
-    drain(api)
-    assert execution(api, failed_id)["status"] == "failed"
+    failed_id = fail_at_c(api, notes, subs)
     fixed = looping(2)
     fixed["steps"][0]["steps"][0]["inputs"]["note"] = "fixed {{ item }}"
     deploy(api, fixed)

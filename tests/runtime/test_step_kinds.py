@@ -245,7 +245,7 @@ def test_flows_keep_their_kind_keys_when_stored() -> None:
 ALERTS = {
     "event": {
         "data": {
-            "alerts": [
+            "assignees": [
                 {"id": "A1", "summary": "disk"},
                 {"id": "A2", "summary": "cpu"},
                 {"id": "A3", "summary": "ram"},
@@ -256,7 +256,7 @@ ALERTS = {
 
 
 def loop(body: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    each = "{{ trigger.event.data.alerts }}"
+    each = "{{ trigger.event.data.assignees }}"
     return {"name": "each_alert", "forEach": each, "steps": body, **extra}
 
 
@@ -307,7 +307,11 @@ async def test_a_failing_item_stops_the_loop_unless_it_continues(manifest: Manif
 
 async def test_for_each_needs_a_list_and_a_free_name(manifest: Manifest) -> None:
     note = {"name": "note", **NOTE}
-    bad = {"name": "each_alert", "forEach": "{{ trigger.event.data.alerts.0.id }}", "steps": [note]}
+    bad = {
+        "name": "each_alert",
+        "forEach": "{{ trigger.event.data.assignees.0.id }}",
+        "steps": [note],
+    }
     status, records = await run_flow(make([bad]), manifest, ALERTS, Recorder())
     assert status == "failed" and "rendered a str, not a list" in records[0]["error"]
     with pytest.raises(InputError, match="'steps' is taken"):
