@@ -108,6 +108,8 @@ def create_app(
                 log.info("%d flow workers run the flows", settings.flow_workers)
             elif not settings.runs_flows:
                 log.info("flows run in worker processes (pdc serve --role worker)")
+            if mismatch := settings.public_url_mismatch():
+                log.warning("%s", mismatch)
             log.info("runtime ready at %s", settings.public_url)
             try:
                 yield

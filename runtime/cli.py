@@ -39,7 +39,7 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
     from pagerduty_connector.runtime.worker import configure_logging, run
 
     configure_logging()
-    overrides = {"role": role, "flow_workers": flow_workers}
+    overrides = {"role": role, "flow_workers": flow_workers, "host": host, "port": port}
     try:
         settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
         if not settings.serves:
@@ -48,13 +48,7 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         application = create_app(settings)
     except ComponentError as exc:
         raise fail(str(exc)) from None
-    server.serve(
-        application,
-        settings,
-        host or settings.host,
-        port if port is not None else settings.port,
-        LOOP,
-    )
+    server.serve(application, settings, settings.host, settings.port, LOOP)
 
 
 def main() -> None:

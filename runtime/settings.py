@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from pydantic import Field, ValidationError, model_validator
@@ -32,7 +33,8 @@ class RuntimeSettings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file in the data directory."
     )
     public_url: str = Field(
-        default="http://127.0.0.1:8000", description="Base URL PagerDuty reaches us at."
+        default="http://127.0.0.1:8000",
+        description="Base URL PagerDuty reaches us at; default: http://<host>:<port>.",
     )
     admin_token: str | None = Field(default=None, repr=False)
     secret_key: str | None = Field(default=None, repr=False, description="Fernet key.")
@@ -106,6 +108,33 @@ class RuntimeSettings(BaseSettings):
     keepalive_timeout: float = Field(
         default=5.0, gt=0, le=300, description="Seconds an idle kept-alive connection stays open."
     )
+
+    @model_validator(mode="after")
+    def _public_url_default(self) -> RuntimeSettings:
+        # Unset, the public URL is where this process listens (``pdc serve --port
+        # 8001`` must not subscribe PagerDuty to port 8000).
+        if "public_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            self.public_url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return self
+
+    def public_url_mismatch(self) -> str | None:
+        """A warning when the public URL names this machine on another port than the one
+        it listens on: PagerDuty's deliveries would go to another process, or nowhere."""
+        url = urlsplit(self.public_url)
+        if url.hostname not in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            return None
+        try:
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return None
+        if port == self.port:
+            return None
+        return (
+            f"PDC_PUBLIC_URL {self.public_url} is this machine's port {port}, but the runtime "
+            f"listens on {self.port}: deliveries would go elsewhere; set PDC_PUBLIC_URL to "
+            f"http://{url.hostname}:{self.port} (or leave it unset)"
+        )
 
     @model_validator(mode="after")
     def _workers_serve(self) -> RuntimeSettings:

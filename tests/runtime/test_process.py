@@ -53,15 +53,17 @@ def test_a_stopped_server_resumes_a_recorded_execution(
         # The step is held for a minute: a stop gives it one second, then cuts it.
         "PDC_STOP_GRACE": "1",
     }
+    del env["PDC_PORT"]  # the port given on the command line, and the public URL with it
     logs = tmp_path / "server.log"
 
     def start() -> subprocess.Popen[bytes]:
-        return pdc_serve(env, logs)
+        return pdc_serve(env, logs, "--port", str(port))
 
     api = httpx2.Client(base_url=base, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
     server = start()
     try:
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
+        assert f"runtime ready at {base}" in logs.read_text()
         execution = start_a_three_step_run(api, pagerduty, "kill-1", API_KEY)
         children = child_pids(server.pid)
         assert len(children) == workers + 1  # the writer, and the workers

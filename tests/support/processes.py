@@ -86,24 +86,24 @@ def assert_finished_steps_sent_once(pagerduty: LocalPagerDuty, record: dict[str,
 
 
 def serve_env(data_dir: Path, port: int, pagerduty_url: str, admin: str) -> dict[str, str]:
-    """The environment of one ``pdc serve`` on ``port``, its own public URL, its data
-    in ``data_dir`` (SQLite) and a fresh secret key."""
+    """The environment of one ``pdc serve`` on ``port`` (its public URL the default one,
+    ``http://127.0.0.1:<port>``), its data in ``data_dir`` (SQLite) and a fresh secret
+    key."""
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PDC_PUBLIC_URL"},
         "PDC_DATA_DIR": str(data_dir),
         "PDC_ADMIN_TOKEN": admin,
         "PDC_SECRET_KEY": Fernet.generate_key().decode(),
-        "PDC_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "PDC_PORT": str(port),
         "PAGERDUTY_API_URL": pagerduty_url,
     }
 
 
-def pdc_serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``pdc serve`` with ``env``, its output appended to ``log``."""
+def pdc_serve(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``pdc serve`` (with ``args``) with ``env``, its output appended to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"],
+            [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve", *args],
             env=env,
             stdout=out,
             stderr=out,
