@@ -302,6 +302,10 @@ class Manifest(_Strict):
                 return item
         raise KeyError(key)
 
+    def trigger(self, key: str) -> Trigger | None:
+        """Return the webhook trigger named ``key``, if there is one."""
+        return next((t for t in self.triggers if t.key == key), None)
+
     def find(self, key: str) -> Action | DataSource | Trigger | Connection | None:
         """Return any declared item by key."""
         for item in (*self.actions, *self.dataSources, *self.triggers, *self.connections):

@@ -124,7 +124,7 @@ def scopes_needed(engine: Engine, flows: list[Flow]) -> dict[str, str]:
     """Where each OAuth scope is needed: every step's action and every flow's trigger."""
     needs: dict[str, str] = {}
     for flow in flows:
-        trigger = next((t for t in engine.manifest.triggers if t.key == flow.trigger.type), None)
+        trigger = engine.manifest.trigger(flow.trigger.type)
         if trigger is not None and trigger.scope:
             needs[f"flow '{flow.name}' trigger"] = trigger.scope
         for name, action in actions_of(flow):

@@ -117,14 +117,14 @@ def trigger_shape(flow: Flow, manifest: Manifest) -> dict[str, Any]:
     if flow.trigger.type == schedules.SCHEDULE:
         return {"scheduledAt": None, "schedule": {"cron": None, "timezone": None}}
     event: dict[str, Any] = dict.fromkeys(EVENT_FIELDS)
-    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
+    trigger = manifest.trigger(flow.trigger.type)
     selected = flow.trigger.inputs.get("events") or []
     if trigger is not None and isinstance(selected, list):
         kinds = {e.value: e.data for e in trigger.events}
         names = [kinds.get(value) for value in selected]
         if names and None not in names:
             event["data"] = shape_union(
-                [two_levels(trigger.eventData[name]) for name in dict.fromkeys(names) if name]
+                [two_levels(trigger.eventData[name]) for name in dict.fromkeys(names)]
             )
     return {"event": event, "headers": None}
 
@@ -136,7 +136,7 @@ def _check_trigger(flow: Flow, manifest: Manifest) -> list[str]:
     if flow.trigger.type == schedules.SCHEDULE:
         flow.trigger.inputs = schedules.check(owner, flow.trigger.inputs)
         return []
-    trigger = next((t for t in manifest.triggers if t.key == flow.trigger.type), None)
+    trigger = manifest.trigger(flow.trigger.type)
     if trigger is None:
         names = [t.key for t in manifest.triggers] + [schedules.SCHEDULE]
         hint = did_you_mean(flow.trigger.type, names)
