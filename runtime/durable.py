@@ -819,17 +819,19 @@ class ItemWorkflows:
         self.definition = loop.model_dump(by_alias=True, exclude_none=True)
 
     async def start(self, index: int, scope: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
-        """Start item ``index`` (at a step boundary: a stopping process starts none)."""
+        """Start item ``index`` (at a step boundary: a stopping process starts none).
+        The item's workflow gets the scope's data; its clock is its own (``now``)."""
         services = self.services
         engine = services.engine
         await engine.durable.between_steps(DBOS.workflow_id or "")
+        data = {k: v for k, v in scope.items() if k != "now"}
         with SetWorkflowID(f"{self.prefix}.{index}"):
             handle = await DBOS.start_workflow_async(
                 run_loop_item,
                 services.plan,
                 self.flow_name,
                 self.definition,
-                scope,
+                data,
                 services.clock.isoformat(),
             )
         child = handle.get_workflow_id()  # on a retry, maybe an earlier run's item

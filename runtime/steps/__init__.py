@@ -157,8 +157,13 @@ async def run_item(
     """Run a loop item's steps in a runner of their own (an item runs beside others)."""
     runner = Runner(flow_name, services)
     status, records = await runner.run_steps(steps, scope)
-    outputs = {s.name: scope["steps"][s.name] for s in steps if s.name in scope["steps"]}
+    outputs = outputs_of(steps, scope)
     return {"status": status, "records": records, "outputs": outputs, "swallowed": runner.swallowed}
+
+
+def outputs_of(steps: list[StepModel], scope: Scope) -> dict[str, Any]:
+    """A loop item's output: what each of its steps that ran gave, by name."""
+    return {s.name: scope["steps"][s.name] for s in steps if s.name in scope["steps"]}
 
 
 class LocalLanes:

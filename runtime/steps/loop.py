@@ -23,6 +23,7 @@ from pagerduty_connector.runtime.steps import (
     StepModel,
     StepStopped,
     kind,
+    outputs_of,
     skipped,
 )
 
@@ -94,17 +95,20 @@ class ForEachStep(StepModel):
         outputs: list[dict[str, Any]] = []
         failed = 0
         for index, item in enumerate(items):
-            inner = {**scope, "steps": dict(scope["steps"]), self.item_name: item, "index": index}
+            inner = self._item_scope(scope, item, index)
             status, records = await runner.run_steps(self.steps, inner)
             record["items"].append(records)
-            outputs.append(
-                {s.name: inner["steps"][s.name] for s in self.steps if s.name in inner["steps"]}
-            )
+            outputs.append(outputs_of(self.steps, inner))
             if status == "failed":
                 failed += 1
                 if self.onError == "stop":
                     raise StepStopped(f"item {index} of {len(items)} failed")
         return _collected(runner, record, outputs, failed)
+
+    def _item_scope(self, scope: Scope, item: Any, index: int) -> Scope:
+        """What an item's steps see: the run's scope with the item and its index, and
+        a copy of the outputs (an item's steps are its own, listed in the loop's)."""
+        return {**scope, "steps": dict(scope["steps"]), self.item_name: item, "index": index}
 
     async def _side_by_side(
         self, runner: Runner, scope: Scope, items: list[Any], record: Record
@@ -114,7 +118,6 @@ class ForEachStep(StepModel):
         durable run that order is what the run replays, so it must not depend on which
         item happens to end first."""
         lanes = runner.services.lanes(runner, self)
-        shared = {k: v for k, v in scope.items() if k != "now"}
         pending: dict[int, Callable[[], Awaitable[ItemResult]]] = {}
         results: list[ItemResult] = []
         started, stopped_at = 0, None
@@ -122,13 +125,8 @@ class ForEachStep(StepModel):
             while (
                 stopped_at is None and started < len(items) and started < index + self.concurrency
             ):
-                inner = {
-                    **shared,
-                    "steps": dict(scope["steps"]),
-                    "vars": dict(scope["vars"]),
-                    self.item_name: items[started],
-                    "index": started,
-                }
+                inner = self._item_scope(scope, items[started], started)
+                inner["vars"] = dict(scope["vars"])  # beside the others: vars of its own
                 pending[started] = await lanes.start(started, inner)
                 started += 1
             if index not in pending:

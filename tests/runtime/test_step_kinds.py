@@ -346,7 +346,8 @@ async def test_for_each_with_concurrency_keeps_the_bound_and_the_items_order(
         return {"data": {"echo": inputs["note"]}}
 
     body = [
-        {"name": "mine", "set": {"seen": "{{ item.summary }}"}},
+        # The item's scope is the run's: its clock (now) included.
+        {"name": "mine", "set": {"seen": "{{ item.summary }}", "year": "{{ now().year }}"}},
         {
             "name": "note",
             "action": "createIncidentNote",
@@ -358,6 +359,8 @@ async def test_for_each_with_concurrency_keeps_the_bound_and_the_items_order(
     )
     assert status == "succeeded" and flying["most"] == 2
     assert [o["note"]["data"]["echo"] for o in records[0]["result"]] == ["disk", "cpu", "ram"]
+    years = [item[0]["values"]["year"] for item in records[0]["items"]]
+    assert years == [datetime.now(UTC).year] * 3
     for bound in (0, 21):
         with pytest.raises(ValidationError, match="concurrency"):
             validate_flow(make([loop(body, concurrency=bound)]), manifest)
