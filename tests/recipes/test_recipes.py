@@ -24,7 +24,14 @@ from pagerduty_connector.runtime import schedules
 from pagerduty_connector.runtime.app import create_app
 from tests.conftest import EVENTS, REST
 from tests.support.receiver import Slack, pass_through
-from tests.support.runtime import AUTH, deliver, drain, make_connection, settings_for
+from tests.support.runtime import (
+    AUTH,
+    deliver,
+    drain,
+    execution,
+    make_connection,
+    settings_for,
+)
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 CHECKOUT = {"id": "PSVC001", "type": "service_reference", "summary": "Checkout API"}
@@ -99,10 +106,6 @@ def send(api: TestClient, subs: FakeSubscriptions, instance: str, flow: str, eve
     answer = deliver(api, subs, path, webhook_id=event["event"]["id"], event=event)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["execution"])
-
-
-def execution(api: TestClient, execution_id: str) -> dict[str, Any]:
-    return api.get(f"/api/executions/{execution_id}").json()
 
 
 def notes_at(pd: respx.MockRouter, incident: str = "Q1") -> list[str]:

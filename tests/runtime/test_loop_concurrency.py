@@ -23,7 +23,16 @@ from pagerduty_connector.component.standin.subscriptions import FakeSubscription
 from pagerduty_connector.runtime.app import create_app
 from tests.conftest import REST
 from tests.support.processes import wait_until
-from tests.support.runtime import AUTH, EVENT, FLOW, deliver, deploy_acme, drain, settings_for
+from tests.support.runtime import (
+    AUTH,
+    EVENT,
+    FLOW,
+    deliver,
+    deploy_acme,
+    drain,
+    execution,
+    settings_for,
+)
 
 PATH = "/webhooks/acme/on-incident"
 ITEMS = list("abcdefgh")
@@ -109,10 +118,6 @@ def run(
     answer = deliver(api, subs, PATH, name, event=event)
     assert answer.status_code == 202, answer.text
     return str(answer.json()["execution"])
-
-
-def execution(api: TestClient, execution_id: str) -> dict[str, Any]:
-    return dict(api.get(f"/api/executions/{execution_id}").json())
 
 
 def test_items_run_side_by_side_up_to_the_bound_and_their_outputs_keep_the_items_order(

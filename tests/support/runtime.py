@@ -144,6 +144,11 @@ def deploy_acme(api: TestClient, flows: list[dict[str, Any]] | None = None) -> N
     assert answer.status_code == 201, answer.text
 
 
+def execution(api: TestClient, execution_id: str) -> dict[str, Any]:
+    """An execution's record, as the API answers it."""
+    return dict(api.get(f"/api/executions/{execution_id}").json())
+
+
 def settings_for(database_url: str, data_dir: Path, **overrides: Any) -> RuntimeSettings:
     """Runtime settings on a test's database, with the known admin token and a fresh key."""
     return load_settings(
