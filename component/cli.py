@@ -234,15 +234,21 @@ def mock(port: int, incidents: int) -> None:
 
     Point PAGERDUTY_API_URL at it. It answers incidents, notes, /abilities and a
     stateful /webhook_subscriptions API. GET /_mock/secrets lists each subscription's
-    signing secret by delivery URL, to sign deliveries as PagerDuty would.
+    signing secret by delivery URL, to sign deliveries as PagerDuty would. Each request
+    is printed on one line; GET /_mock/requests lists them with their bodies.
     """
     from pagerduty_connector.component.standin.server import LocalPagerDuty
 
+    console = err()
+
+    def echo(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     try:
-        server = LocalPagerDuty(count=incidents, port=port)
+        server = LocalPagerDuty(count=incidents, port=port, echo=echo)
     except OSError as exc:
         raise fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
-    err().print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")
+    console.print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -7,6 +7,10 @@ the ``/webhook_subscriptions`` API (``subscriptions.FakeSubscriptions``), option
 after a delay (``hold=(method, path, seconds)`` holds only the first such request,
 to catch a runtime mid-step; ``slow=(method, path suffix, seconds)`` every request
 whose path ends so), and records the method and path of every request.
+``GET /_mock/requests?since=N`` (not PagerDuty's) lists the requests from the N-th on:
+method, path, when it arrived (Unix seconds) and its JSON body, so a person sees what a
+flow sent and a benchmark times when each delivery's side effect arrived; ``echo``, if
+given, is called with each request's one-line summary (``pdc mock`` prints them).
 ``GET /_mock/secrets`` (not PagerDuty's) lists the signing secret of every
 subscription it created by delivery URL, so a person or a benchmark can sign
 deliveries the way PagerDuty would; ``POST /_mock/hold`` with ``{"method", "path",
@@ -19,7 +23,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +33,7 @@ from pagerduty_connector.component.standin.subscriptions import FakeSubscription
 
 SECRETS_PATH = "/_mock/secrets"
 HOLD_PATH = "/_mock/hold"
+REQUESTS_PATH = "/_mock/requests"
 
 
 def free_port() -> int:
@@ -56,6 +61,14 @@ def incident(n: int) -> dict[str, Any]:
     }
 
 
+def summary(entry: dict[str, Any], width: int = 160) -> str:
+    """A logged request on one line: method, path and its JSON body, cut at ``width``."""
+    line = f"{entry['method']} {entry['path']}"
+    if entry.get("body") is not None:
+        line += " " + json.dumps(entry["body"], ensure_ascii=False)
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 class LocalPagerDuty(ThreadingHTTPServer):
     """The server; ``requests`` lists ``(method, path)`` in arrival order."""
 
@@ -71,31 +84,42 @@ class LocalPagerDuty(ThreadingHTTPServer):
         hold: tuple[str, str, float] | None = None,
         port: int = 0,
         slow: tuple[str, str, float] | None = None,
+        echo: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.incidents = [incident(n) for n in range(count)]
         self.delay = delay
         self.hold = hold
         self.slow = slow
+        self.echo = echo
         self.requests: list[tuple[str, str]] = []
+        # What ``GET /_mock/requests`` lists: each request with its time and body.
+        self.log: list[dict[str, Any]] = []
         self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
         self.subscriptions = FakeSubscriptions()
         self._lock = threading.Lock()
         self._hold_next: dict[tuple[str, str], float] = {}
+        self._seen: set[tuple[str, str]] = set()
 
     @property
     def url(self) -> str:
         """Base URL to point ``PAGERDUTY_API_URL`` at."""
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def record(self, method: str, path: str) -> int:
+    def record(self, method: str, path: str, body: Any = None) -> int:
         """Remember a request (holding it if it is the first one ``hold`` names); return how
         many came before it."""
+        entry = {"method": method, "path": path, "at": time.time(), "body": body}
         with self._lock:
             self.requests.append((method, path))
+            self.log.append(entry)
             before = len(self.requests) - 1
-            first = self.requests.count((method, path)) == 1
+            # A set, not a count of the list: a benchmark sends tens of thousands.
+            first = (method, path) not in self._seen
+            self._seen.add((method, path))
             wait = self._hold_next.pop((method, path), 0.0)
+        if self.echo is not None:
+            self.echo(summary(entry))
         if self.hold and self.hold[:2] == (method, path) and first:
             wait = self.hold[2]
         if self.slow and self.slow[0] == method and path.endswith(self.slow[1]):
@@ -136,8 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         if not parts.path.startswith("/webhook_subscriptions"):
             return False
-        self.server.record(method, parts.path)
         body = self._json() if method in ("POST", "PUT") else None
+        self.server.record(method, parts.path, body)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         with self.server._lock:
             status, answer = self.server.subscriptions.handle(method, parts.path, query, body)
@@ -160,6 +184,12 @@ class _Handler(BaseHTTPRequestHandler):
             subs = self.server.subscriptions
             urls = {i: s["delivery_method"]["url"] for i, s in subs.subscriptions.items()}
             return self._send(200, {urls[i]: secret for i, secret in subs.secrets.items()})
+        if parts.path == REQUESTS_PATH:
+            since = int(parse_qs(parts.query).get("since", ["0"])[-1] or 0)
+            with self.server._lock:
+                listed = self.server.log[max(since, 0) :]
+                total = len(self.server.log)
+            return self._send(200, {"requests": listed, "next": total})
         self.server.record("GET", parts.path)
         if parts.path == "/abilities":
             return self._send(200, {"abilities": ["teams"]})
@@ -183,8 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(204, None)
         if self._subscriptions("POST"):
             return
-        self.server.record("POST", parts.path)
         body = self._json()
+        self.server.record("POST", parts.path, body)
         if parts.path.endswith("/notes"):
             return self._send(201, {"note": {"id": "PWL7QXS", **body.get("note", {})}})
         return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
