@@ -218,11 +218,8 @@ def dbos_rows(
     function) cannot happen: every run's id is a new execution's, inserted in the same
     transaction.
     """
-    from dbos._utils import generate_uuid
+    from pagerduty_connector.runtime.dbos_internals import caught_writes, new_token
 
-    system = queue._sys_db
-    if not hasattr(system, "_execute_prepared"):  # before DBOS could write on its own
-        raise RuntimeError("this DBOS has no _execute_prepared: pin dbos>=3.4,<4")
     caught: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     latest: dict[str, dict[str, Any]] = {}
 
@@ -232,8 +229,7 @@ def dbos_rows(
         return _NothingReturned()
 
     built: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    system._execute_prepared = catch  # type: ignore[method-assign]
-    try:
+    with caught_writes(queue, catch):
         for options in runs:
             shape = tuple(item for item in options.items() if item[0] != "workflow_id")
             first = built.get(shape)
@@ -247,10 +243,8 @@ def dbos_rows(
             for name, row in first.items():
                 copied = {**row, "workflow_uuid": options["workflow_id"]}
                 if "creator_xid" in copied:
-                    copied["creator_xid"] = generate_uuid()
+                    copied["creator_xid"] = new_token()
                 caught[name][1].append(copied)
-    finally:
-        del system._execute_prepared
     return caught
 
 
@@ -321,7 +315,9 @@ def insert_and_enqueue(
     runs = [enqueue_options(row_id, placement) for row_id, _, placement in rows if placement]
     if not runs:
         return statement, first
-    schema = queue._sys_db.schema
+    from pagerduty_connector.runtime.dbos_internals import system_schema
+
+    schema = system_schema(queue)
     queries = [f"new AS ({statement})"]
     for name, (build, caught) in dbos_rows(connection, queue, runs).items():
         # DBOS names the same columns for every run queued here; grouped all the same,
