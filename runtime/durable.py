@@ -30,19 +30,24 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from cryptography.fernet import Fernet
-from dbos import DBOS, DBOSClient, EnqueueOptions, SetEnqueueOptions, SetWorkflowID
-from dbos._serialization import Serializer
+from dbos import (
+    DBOS,
+    DBOSClient,
+    EnqueueOptions,
+    Serializer,
+    SetEnqueueOptions,
+    SetWorkflowID,
+)
 from sqlalchemy import column, select, table, update
 from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
+from pagerduty_connector.runtime import dbos_internals
 from pagerduty_connector.runtime.logs import throttle
 from pagerduty_connector.runtime.store import (
-    ConnectionRow,
     ExecutionRow,
     ExecutorRow,
-    InstanceRow,
     now,
 )
 from pagerduty_connector.runtime.store.outage import patiently, unavailable, why
@@ -234,6 +239,7 @@ class Durable:
         global _engine
         settings = self.engine.settings
         _engine = self.engine
+        dbos_internals.check()
         url = system_database_url(settings.resolved_database_url())
         self._checkpoints = checkpoint_engine(url)
         DBOS(
@@ -290,24 +296,15 @@ class Durable:
         # Stop the queues first, so no run starts while the ones here are stopped; then
         # cancel every workflow task (DBOS records nothing for a cancelled one, so each
         # resumes from its last checkpoint), also one dispatched as the queues stopped.
-        from dbos import _dbos
-
-        instance = _dbos._dbos_global_instance
         dbos_log = logging.getLogger("dbos")
         if not any(isinstance(f, _StoppedRuns) for f in dbos_log.filters):
             dbos_log.addFilter(_StoppedRuns())
-        for stop in getattr(instance, "background_thread_stop_events", []):
-            stop.set()
+        dbos_internals.stop_background_threads()
         await self._let_steps_finish(self.engine.settings.stop_grace)
         interrupted: set[asyncio.Task[Any]] = set()
         for _ in range(3):
             await asyncio.sleep(self.engine.settings.queue_polling_interval)
-            tasks = [
-                task
-                for task in asyncio.all_tasks()
-                if getattr(task.get_coro(), "__name__", "") == "_execute_workflow_async"
-                and not task.done()
-            ]
+            tasks = dbos_internals.workflow_tasks()
             if not tasks:
                 break
             interrupted.update(tasks)
@@ -639,28 +636,41 @@ def retryable(error: ComponentError, method: str | None) -> bool:
 
 @DBOS.step(name=PLAN_STEP)
 async def load_plan(execution_id: str) -> dict[str, Any] | None:
-    """What the execution runs: its trigger output and the flow as it is now."""
+    """What the execution runs (its trigger output and the flow as it is now), and when it
+    started: the run is recorded as running here, in the same checkpoint, so a resumed
+    run keeps the first start and no step of its own is spent on it."""
     engine = current()
 
-    async def read() -> tuple[ExecutionRow | None, InstanceRow | None]:
+    async def read() -> ExecutionRow | None:
         async with engine.store.session() as db:
-            execution = await db.get(ExecutionRow, execution_id)
-            instance = await db.get(InstanceRow, execution.instance_id) if execution else None
-            return execution, instance
+            return await db.get(ExecutionRow, execution_id)
 
-    execution, instance = await patiently(read, f"execution {execution_id}")
-    if execution is None or instance is None:
+    execution = await patiently(read, f"execution {execution_id}")
+    # The instance as intake sees it (the cache every delivery reads, dropped on every
+    # change to the instance or its connection): a read of its row per run was a tenth
+    # of a run's database work.
+    instance = (
+        await patiently(
+            partial(engine.intake.get, execution.instance_id), f"execution {execution_id}"
+        )
+        if execution
+        else None
+    )
+    if execution is None or instance is None or execution.flow not in instance.flows:
         return None
-    flows = {f["name"]: f for f in instance.flows}
-    if execution.flow not in flows:
-        return None
+    started = now()
+    update = partial(
+        engine.writer.update, execution_id, {"status": "running", "started_at": started}
+    )
+    await patiently(update, f"execution {execution_id}")
     return {
         "execution": execution_id,
-        "instance": instance.id,
-        "flow": flows[execution.flow],
+        "instance": instance.instance_id,
+        "flow": instance.flows[execution.flow],
         "trigger": execution.trigger or {},
-        "connection": instance.connection_id,
-        "urls": {name: engine.webhook_url(instance.id, name) for name in flows},
+        "connection": instance.connection.id if instance.connection else None,
+        "urls": {name: engine.webhook_url(instance.instance_id, name) for name in instance.flows},
+        "started": started.isoformat(),
     }
 
 
@@ -678,7 +688,8 @@ async def retry_flow(execution_id: str) -> dict[str, Any] | None:
 
 @DBOS.step(name="pdc.started")
 async def mark_started(execution_id: str) -> str:
-    """Record that the execution started (once: a recovered run keeps the first time)."""
+    """Record that the execution started: a separate checkpoint only in runs planned
+    before the plan step recorded it (their checkpoints number it), kept so they resume."""
     started = now()
     update = partial(
         current().writer.update, execution_id, {"status": "running", "started_at": started}
@@ -693,13 +704,12 @@ async def call_action(
 ) -> dict[str, Any]:
     """One attempt of one flow step; failures are returned, not raised, so each is kept."""
     engine = current()
-
-    async def read() -> ConnectionRow | None:
-        async with engine.store.session() as db:
-            return await db.get(ConnectionRow, connection_id)
-
     try:
-        connection = await patiently(read, f"step {action}") if connection_id else None
+        connection = (
+            await patiently(partial(engine.intake.connection, connection_id), f"step {action}")
+            if connection_id
+            else None
+        )
         result = await engine.run_action(connection, action, inputs, urls)
     except ComponentError as exc:
         method = getattr(engine.manifest.runnable(action), "request", None)
@@ -1028,7 +1038,7 @@ async def run_execution() -> str:
             # run another flow (``flow_definition``, written before the fork and never
             # changed, so reading it here outside a step is as good as a checkpoint).
             plan = {**plan, "flow": await retry_flow(execution_id) or plan["flow"]}
-        started = await mark_started(execution_id)
+        started = plan.get("started") or await mark_started(execution_id)
         flow = Flow.model_validate(plan["flow"])
         services = DurableServices(engine, plan, started)
         status, records = await run_flow(flow, engine.manifest, plan["trigger"], services)

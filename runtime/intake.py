@@ -57,6 +57,8 @@ class IntakeCache:
     def __init__(self, store: Store, box: SecretBox, ttl: float = 2.0) -> None:
         self.store, self.box, self.ttl = store, box, ttl
         self._entries: dict[str, tuple[float, IntakeTarget | None]] = {}
+        # Connections by id for the steps of runs: (generation, read at, row).
+        self._connections: dict[str, tuple[int, float, ConnectionRow | None]] = {}
         self._loading: dict[str, asyncio.Future[IntakeTarget | None]] = {}
         # Bumped by every drop, so a read that started before a change is not kept.
         self._generation = 0
@@ -171,6 +173,20 @@ class IntakeCache:
             self._loading[instance_id] = loading
             loading.add_done_callback(lambda done: self._finished(instance_id, done))
         return await asyncio.shield(loading)
+
+    async def connection(self, connection_id: str) -> ConnectionRow | None:
+        """A stored connection for a run's step, read again after ``ttl`` seconds or once
+        any entry was dropped (every change to a connection drops them all): a read per
+        step attempt was a fifth of a run's database work."""
+        cached = self._connections.get(connection_id)
+        if cached and cached[0] == self._generation and time.monotonic() - cached[1] < self.ttl:
+            return cached[2]
+        generation = self._generation
+        async with self.store.session() as db:
+            row = await db.get(ConnectionRow, connection_id)
+        if generation == self._generation:
+            self._connections[connection_id] = (generation, time.monotonic(), row)
+        return row
 
     def _finished(self, instance_id: str, done: asyncio.Future[IntakeTarget | None]) -> None:
         # Only this read's slot: after a drop, a newer read may already hold it.

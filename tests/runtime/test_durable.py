@@ -657,3 +657,60 @@ def test_a_loop_retried_resumes_at_the_failed_item(
     assert sent == ["a", "b", "b", "c"]  # item a kept its recorded output
     outputs = retry["steps"][0]["result"]
     assert [o["note"]["data"]["note"]["id"] for o in outputs] == ["N-a", "N-b", "N-c"]
+
+
+def test_a_run_planned_by_the_previous_release_retries_on_this_one(
+    durable_api: TestClient,
+    pd: respx.MockRouter,
+    subs: FakeSubscriptions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Runs recorded before the plan step marked the start had a checkpoint of their own
+    for it (``pdc.started``, the second): a retry of such a run on this release replays it
+    there, instead of taking it for the first action's and failing the run."""
+    from dbos import DBOS
+
+    from pagerduty_connector.runtime import durable
+
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    note = pd.post(f"{REST}/incidents/Q1P5/notes").mock(
+        side_effect=[
+            httpx2.Response(403, json={"error": {"message": "Forbidden", "code": 2010}}),
+            httpx2.Response(201, json={"note": {"id": "N1"}}),
+        ]
+    )
+    planned = durable.load_plan.__wrapped__  # type: ignore[attr-defined]
+
+    @DBOS.step(name=durable.PLAN_STEP)
+    async def previous_plan(execution_id: str) -> dict[str, Any] | None:
+        plan = await planned(execution_id)
+        return {k: v for k, v in plan.items() if k != "started"} if plan else plan
+
+    with monkeypatch.context() as previous_release:
+        previous_release.setattr(durable, "load_plan", previous_plan)
+        failed = run_once(durable_api, subs)
+    assert failed["status"] == "failed" and "HTTP 403" in failed["error"]
+    steps = DBOS.list_workflow_steps(failed["id"])
+    assert [s["function_name"] for s in steps][:3] == ["pdc.plan", "pdc.started", "pdc.action"]
+
+    retried = durable_api.post(f"/api/executions/{failed['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    drain(durable_api)
+    retry = durable_api.get(f"/api/executions/{retried.json()['execution']}").json()
+    assert retry["status"] == "succeeded", retry
+    assert (get.call_count, note.call_count) == (1, 2)
+    assert retry["steps"][1]["result"]["data"] == {"note": {"id": "N1"}}
+
+
+def test_a_run_records_its_start_in_its_plan_checkpoint(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    from dbos import DBOS
+
+    pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    record = run_once(durable_api, subs)
+    assert record["status"] == "succeeded"
+    steps = DBOS.list_workflow_steps(record["id"])
+    assert [s["function_name"] for s in steps] == ["pdc.plan", "pdc.action", "pdc.action"]
+    assert steps[0]["output"]["started"] == record["startedAt"]
