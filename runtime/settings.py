@@ -38,8 +38,11 @@ class RuntimeSettings(BaseSettings):
     )
     admin_token: str | None = Field(default=None, repr=False)
     secret_key: str | None = Field(default=None, repr=False, description="Fernet key.")
+    # 32, not 4: each queue poll (every 0.25 s) starts at most this many runs of a flow,
+    # so 4 capped a flow at 16 runs/s on any machine (measured, bench/flow_throughput.py);
+    # PagerDuty's own rate is kept by the client's request budget, not by this.
     flow_concurrency: int = Field(
-        default=4, ge=1, le=256, description="Executions of one flow running at once, everywhere."
+        default=32, ge=1, le=256, description="Executions of one flow running at once, everywhere."
     )
     executor_id: str = Field(
         default="local",
