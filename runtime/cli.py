@@ -51,6 +51,19 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
     server.serve(application, settings, settings.host, settings.port, LOOP)
 
 
+@app.command()
+def token() -> None:
+    """Print the admin token the runtime started from here uses (PDC_ADMIN_TOKEN, or the
+    development one in the data directory, made now if ``pdc serve`` has not yet made it)."""
+    from pagerduty_connector.runtime.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except ComponentError as exc:
+        raise fail(str(exc)) from None
+    click.echo(settings.admin_token)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -7,7 +7,9 @@ refuses to start without them instead.
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -170,13 +172,23 @@ class RuntimeSettings(BaseSettings):
 
 
 def _dev_secret(data_dir: Path, name: str, make: callable) -> str:  # type: ignore[valid-type]
+    """The development secret kept in ``data_dir/name``, made on first use. Made whole in
+    a file of its own, then linked into place: a ``pdc token`` racing ``pdc serve`` (the
+    quickstart starts both at once) both read the one that won, never a half-written one."""
     path = data_dir / name
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     value = make()
-    path.touch(mode=0o600)
-    path.write_text(value, encoding="utf-8")
+    fd, draft = tempfile.mkstemp(prefix=f".{name}.", dir=data_dir)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(value)
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_text(encoding="utf-8").strip()
+    finally:
+        os.unlink(draft)
     log.warning(
         "generated a development %s in %s; set PDC_%s for real deployments",
         name.replace("-", " "),
