@@ -76,7 +76,11 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) ->
     from rich.table import Table
 
     table = Table(title=title)
-    for column in columns:
+    # The first column holds keys, which a reader copies: never cut (the others fold
+    # to make room on a narrow terminal or in a pipe's 80 columns).
+    widest = max((len(row[0]) for row in rows), default=0)
+    table.add_column(columns[0], no_wrap=True, min_width=max(widest, len(columns[0])))
+    for column in columns[1:]:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)
@@ -200,11 +204,21 @@ def validate() -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Regenerate manifest.schema.json from the pydantic models."""
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), help="Write here instead of the checkout."
+)
+def schema(output: Path | None) -> None:
+    """Regenerate manifest.schema.json from the pydantic models (in a source checkout)."""
     from pagerduty_connector.component.manifest import SCHEMA_FILE, packaged, render_schema
 
-    target = Path(str(packaged(SCHEMA_FILE)))
+    target = output or Path(str(packaged(SCHEMA_FILE)))
+    # An installed package is not the source: rewriting its copy would make it disagree
+    # with the wheel's record and be lost on the next install.
+    if output is None and not (target.parent / "pyproject.toml").is_file():
+        raise fail(
+            f"{target.parent} is an installed package, not a source checkout: run "
+            "`pdc schema` in a clone (pip install -e .), or write elsewhere with --output FILE"
+        )
     target.write_text(render_schema(), encoding="utf-8")
     out().print(f"wrote {target}")
 

@@ -62,12 +62,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sources = tmp_path_factory.mktemp("sources") / "pagerduty-connector"
     shutil.copytree(REPO, sources, ignore=NOT_SOURCES)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(sources)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    # A clean build: setuptools warned (four boxes) about data folders that looked
+    # like packages it was told nothing about.
+    assert "would be ignored" not in done.stdout + done.stderr
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
     return sdist, wheel
@@ -184,6 +188,16 @@ def test_the_installed_cli_lists_validates_and_runs(
     listed = run(installed, "actions", cwd=tmp_path)
     assert "54 actions" in listed and "createIncidentNote" in listed
     assert "manifest ok: 54 actions" in run(installed, "validate", cwd=tmp_path)
+    # `pdc schema` rewrites the checkout's schema; an installed package is left alone.
+    schema = Path(located.strip()).parent / "manifest.schema.json"
+    before = schema.read_bytes()
+    refused = subprocess.run(
+        [str(installed / "pdc"), "schema"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert refused.returncode == 1 and "installed package" in refused.stderr
+    assert "--output" in refused.stderr and schema.read_bytes() == before
+    run(installed, "schema", "--output", str(tmp_path / "schema.json"), cwd=tmp_path)
+    assert (tmp_path / "schema.json").read_bytes() == before
 
     env = {"PAGERDUTY_API_URL": mock_pagerduty, "PAGERDUTY_API_TOKEN": "u+wheel-test"}
     result = json.loads(run(installed, "run", "getIncident", "-i", "id=Q7", env=env, cwd=tmp_path))

@@ -42,6 +42,21 @@ def test_actions_lists_everything(cli: CliRunner, manifest: Manifest) -> None:
         assert item.key in result.output
 
 
+@pytest.mark.parametrize("columns", ["80", "60"])
+def test_keys_are_never_cut_on_a_narrow_terminal(
+    cli: CliRunner, manifest: Manifest, columns: str
+) -> None:
+    """At 80 columns (a pipe's width) keys were folded mid-word
+    (``createWebhookSubscripti`` / ``on``): a key must stay whole on its line."""
+    listed = cli.invoke(app, ["actions"], env={"COLUMNS": columns}).output
+    cells = {cell.strip() for line in listed.splitlines() for cell in line.split("│")}
+    for item in (*manifest.actions, *manifest.triggers, *manifest.dataSources):
+        assert item.key in cells, item.key
+    described = cli.invoke(app, ["describe", "createWebhookSubscription"], env={"COLUMNS": columns})
+    cells = {cell.strip() for line in described.output.splitlines() for cell in line.split("│")}
+    assert {"from", "webhookSubscription"} <= cells
+
+
 def test_describe_shows_inputs(cli: CliRunner) -> None:
     result = cli.invoke(app, ["describe", "createIncidentNote"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
