@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from pagerduty_connector.component.client import ClientSettings
-from pagerduty_connector.component.errors import ConfigurationError
+from pagerduty_connector.component.errors import ComponentError, ConfigurationError
 from pagerduty_connector.component.manifest import Manifest, load_manifest
-from pagerduty_connector.component.redact import get_logger
+from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.registry import check_implementations
 from pagerduty_connector.runtime.console.session import SignInThrottle
 from pagerduty_connector.runtime.engine import started
@@ -23,6 +23,7 @@ from pagerduty_connector.runtime.middleware import secured
 from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.routes.webhooks import receive_webhook
 from pagerduty_connector.runtime.settings import RuntimeSettings
+from pagerduty_connector.runtime.store.outage import refused, unavailable, why
 from pagerduty_connector.runtime.worker import FlowWorkers
 
 log = get_logger("app")
@@ -54,7 +55,23 @@ class Runtime(Starlette):
                 scope["path_params"] = {"instance": parts[2], "flow": parts[3]}
                 await self._deliver(scope, receive, send)
                 return
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, self._one_line_startup_failure(send))
+            return
         await super().__call__(scope, receive, secured(send) if scope["type"] == "http" else send)
+
+    def _one_line_startup_failure(self, send: Send) -> Send:
+        """``send`` for the lifespan, with a startup failure a person can fix (recorded
+        by the lifespan as ``state.startup_error``) told in its one line instead of the
+        traceback Starlette puts in the message uvicorn logs."""
+
+        async def sending(message: Message) -> None:
+            error = getattr(self.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and error:
+                message = {**message, "message": error}
+            await send(message)
+
+        return sending
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -97,12 +114,27 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with started(
-            settings, checked, transport=transport, client_settings=client_settings
-        ) as engine:
+        async with AsyncExitStack() as stack:
+            try:
+                engine = await stack.enter_async_context(
+                    started(settings, checked, transport=transport, client_settings=client_settings)
+                )
+            except Exception as exc:
+                # What a person can fix (the database is away, a setting is wrong) is
+                # one line; uvicorn then says the startup failed. Anything else keeps
+                # its traceback: it is ours to fix.
+                if isinstance(exc, ComponentError):
+                    app.state.startup_error = redact(f"cannot start: {exc}")
+                elif unavailable(exc) or refused(exc):
+                    app.state.startup_error = redact(
+                        f"cannot start: {why(exc)}; check that the database is up and "
+                        "that PDC_DATABASE_URL names it, its user and password"
+                    )
+                raise
             app.state.engine = engine
             workers = FlowWorkers(settings)
             await workers.start()
+            stack.push_async_callback(workers.stop)
             app.state.workers = workers
             if settings.flow_workers:
                 log.info("%d flow workers run the flows", settings.flow_workers)
@@ -111,10 +143,7 @@ def create_app(
             if mismatch := settings.public_url_mismatch():
                 log.warning("%s", mismatch)
             log.info("runtime ready at %s", settings.public_url)
-            try:
-                yield
-            finally:
-                await workers.stop()
+            yield
 
     runtime = Runtime(
         routes=ROUTES,

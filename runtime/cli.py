@@ -45,10 +45,11 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
         if not settings.serves:
             run(settings)
             return
+        sock = server.listening_socket(settings.host, settings.port)
         application = create_app(settings)
     except ComponentError as exc:
         raise fail(str(exc)) from None
-    server.serve(application, settings, settings.host, settings.port, LOOP)
+    server.serve(application, settings, settings.host, settings.port, LOOP, sock)
 
 
 @app.command()

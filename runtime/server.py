@@ -31,8 +31,10 @@ the app on its own threads and loops, where DBOS must share ours; uvicorn's own
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 from collections import Counter
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode
@@ -40,6 +42,7 @@ from urllib.parse import parse_qsl, urlencode
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.component.redact import MASK, get_logger, redact
 from pagerduty_connector.runtime.logs import SUMMARY_EVERY, throttle
 from pagerduty_connector.runtime.settings import RuntimeSettings
@@ -291,11 +294,51 @@ def uvicorn_config(
     )
 
 
-def serve(app: Any, settings: RuntimeSettings, host: str, port: int, loop: str) -> None:
-    """Run ``app`` under uvicorn with the guards above, until SIGTERM or SIGINT."""
+# What to do about each way a bind fails, for the one line a person reads.
+_BIND_FIXES = {
+    errno.EADDRINUSE: "another process listens there: stop it, or choose another port "
+    "with --port or PDC_PORT",
+    errno.EACCES: "ports below 1024 need privileges: choose another with --port or PDC_PORT",
+    errno.EADDRNOTAVAIL: "that is not an address of this machine: set --host or PDC_HOST",
+}
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The socket the runtime will serve on, bound now: before anything starts or says
+    it is ready, a port in use or a wrong host is one line naming the fix."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: unknown host ({getattr(exc, 'strerror', exc)}); "
+            "set --host or PDC_HOST to an address of this machine, e.g. 127.0.0.1"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        fix = _BIND_FIXES.get(exc.errno or 0, "check --host and --port")
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}; {fix}") from None
+    return sock
+
+
+def serve(
+    app: Any,
+    settings: RuntimeSettings,
+    host: str,
+    port: int,
+    loop: str,
+    sock: socket.socket | None = None,
+) -> None:
+    """Run ``app`` under uvicorn with the guards above, until SIGTERM or SIGINT, on
+    ``sock`` if given (see ``listening_socket``)."""
     import uvicorn
 
     config = uvicorn_config(app, settings, host, port, loop)
     # uvicorn set up its loggers as the config was made: the access log's filter goes on.
     logging.getLogger("uvicorn.access").addFilter(MaskedQuery())
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock] if sock else None)

@@ -107,6 +107,26 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
+# SQLSTATEs of a server that answers but will not have us: a wrong password or user
+# (class 28), a database that does not exist, no right to it. A person's to fix.
+_REFUSALS = ("28", "3D000", "42501")
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database refused this user, password
+    or database name (not an outage: waiting will not help)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_REFUSALS):
+            return True
+        nested = getattr(current, "orig", None)
+        current = nested if isinstance(nested, BaseException) else current.__cause__
+    return False
+
+
 async def patiently(call: Callable[[], Awaitable[T]], what: str, limit: float = PATIENCE) -> T:
     """``await call()``, again while the database is unavailable (backing off from 0.2
     to 5 s), for up to ``limit`` seconds; says once that it waits and once that the
