@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import ssl
 import time
@@ -354,10 +355,20 @@ class PagerDutyClient:
             if not retryable or attempt >= policy.max_retries:
                 raise error
             if self.clock.now() + delay > deadline:
-                error.message += f" (retry budget of {policy.budget:g}s exhausted)"
-                error.args = (error._render(),)
+                error.add(f" (retry budget of {policy.budget:g}s exhausted)")
                 raise error
-            log.info("retrying %s %s in %.2fs (attempt %d)", method, path, delay, attempt + 2)
+            # Said with why, and louder when PagerDuty cannot be reached at all (a wrong
+            # URL or an outage: a person waiting on a command should not wait in silence).
+            log.log(
+                logging.INFO if isinstance(error.status, int) else logging.WARNING,
+                "%s %s: %s; trying again in %.1f s (attempt %d of %d)",
+                method,
+                path,
+                error.message,
+                delay,
+                attempt + 2,
+                policy.max_retries + 1,
+            )
             await self.clock.sleep(delay)
             attempt += 1
 

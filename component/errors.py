@@ -75,6 +75,11 @@ class PagerDutyError(ComponentError):
         self.body = body
         super().__init__(self._render())
 
+    def add(self, hint: str) -> None:
+        """Append ``hint`` (what to do about it) to the message."""
+        self.message += hint
+        self.args = (self._render(),)
+
     def _render(self) -> str:
         where = f"{self.method} {self.path}: " if self.method else ""
         status = f"HTTP {self.status}" if self.status is not None else "no response"

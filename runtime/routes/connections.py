@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from pagerduty_connector.component.client import RetryPolicy
 from pagerduty_connector.component.errors import (
     InputError,
     PagerDutyError,
@@ -102,13 +103,18 @@ def split_connection_inputs(
     return plain, {k: v for k, v in cleaned.items() if k in secret and v is not None}
 
 
+# How the key check retries: once, within seconds (see verify_api_key).
+CHECK_RETRY = RetryPolicy(max_retries=1, budget=5.0)
+
+
 async def verify_api_key(engine: Engine, row: ConnectionRow) -> None:
     """Ask PagerDuty ``GET /abilities``; a rejected key is a clear 400, nothing stored."""
     if row.type != "pagerduty-api-key":
         return
     async with engine.client(engine.connection_config(row)) as client:
         try:
-            await client.request("GET", "/abilities")
+            # A person waits on this answer: one quick retry, not a flow step's patience.
+            await client.request("GET", "/abilities", retry=CHECK_RETRY, timeout=10.0)
         except PagerDutyError as exc:
             if exc.status in (401, 403):
                 raise InputError(
@@ -116,6 +122,11 @@ async def verify_api_key(engine: Engine, row: ConnectionRow) -> None:
                     "apiKey",
                     f"PagerDuty rejected the API key (HTTP {exc.status}: {exc.message})",
                 ) from None
+            if exc.status is None:
+                exc.add(
+                    "; the key was not checked and nothing was stored: try again, or check "
+                    "the connection's region and PAGERDUTY_API_URL"
+                )
             raise
 
 

@@ -155,13 +155,18 @@ async def test_5xx_on_post_is_not_retried(pd: respx.MockRouter, run: Callable[..
 
 
 async def test_post_retried_when_connection_failed_before_sending(
-    pd: respx.MockRouter, run: Callable[..., Any]
+    pd: respx.MockRouter, run: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     route = pd.post(f"{REST}/incidents/PT4KHLK/notes").mock(
         side_effect=[httpx2.ConnectError("refused"), httpx2.Response(201, json=NOTE)]
     )
     assert await run("createIncidentNote", {"id": "PT4KHLK", "note": "On it"}) == {"data": NOTE}
     assert route.call_count == 2
+    # Nobody waits in silence: the retry is a warning that says where, why and how long.
+    (said,) = [r for r in caplog.records if "trying again" in r.getMessage()]
+    assert said.levelname == "WARNING"
+    assert f"could not reach PagerDuty at {REST} (ConnectError: refused)" in said.getMessage()
+    assert "(attempt 2 of 6)" in said.getMessage()
 
 
 async def test_post_not_retried_after_the_request_was_sent(

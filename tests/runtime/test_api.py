@@ -7,6 +7,7 @@ import asyncio
 import copy
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,26 @@ def test_rejected_api_key_is_not_stored(api: TestClient, pd: respx.MockRouter) -
     )
     assert answer.status_code == 400
     assert "PagerDuty rejected the API key (HTTP 401" in answer.json()["error"]["message"]
+    assert api.get("/api/connections").json() == []
+
+
+def test_an_unreachable_pagerduty_is_said_soon_naming_its_url(
+    api: TestClient, pd: respx.MockRouter
+) -> None:
+    """A person creating a connection waits on the key check: PagerDuty refusing the
+    connection is tried twice, not for a flow step's ten seconds, and the answer names
+    where it tried and what to check; nothing is stored."""
+    abilities = pd.get(f"{REST}/abilities").mock(side_effect=httpx2.ConnectError("refused"))
+    begun = time.monotonic()
+    answer = api.post(
+        "/api/connections",
+        json={"name": "ops", "type": "pagerduty-api-key", "config": {"apiKey": "u+k"}},
+    )
+    assert time.monotonic() - begun < 5 and abilities.call_count == 2
+    assert answer.status_code == 502
+    message = answer.json()["error"]["message"]
+    assert f"could not reach PagerDuty at {REST}" in message, message
+    assert "nothing was stored" in message and "PAGERDUTY_API_URL" in message
     assert api.get("/api/connections").json() == []
 
 
