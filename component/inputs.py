@@ -37,12 +37,10 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "") or value == []
 
 
-def clean_inputs(owner: str, declared: list[Input], raw: Mapping[str, Any]) -> CleanedInputs:
-    """Return the cleaned inputs of ``owner`` or raise ``InputError``.
-
-    Unknown input keys are rejected (a typo would otherwise be silently ignored);
-    missing optional inputs take their default, or ``None``.
-    """
+def check_known(owner: str, declared: list[Input], raw: Mapping[str, Any]) -> None:
+    """Raise ``InputError`` naming the first key of ``raw`` that is no declared input, and
+    the nearest one: checked before anything is said about a missing input, which a
+    misspelt key usually is."""
     known = {i.key for i in declared}
     unknown = sorted(k for k in raw if k not in known)
     if unknown:
@@ -52,6 +50,15 @@ def clean_inputs(owner: str, declared: list[Input], raw: Mapping[str, Any]) -> C
             f"is not an input of this step{did_you_mean(unknown[0], known)} "
             f"(known inputs: {', '.join(sorted(known))})",
         )
+
+
+def clean_inputs(owner: str, declared: list[Input], raw: Mapping[str, Any]) -> CleanedInputs:
+    """Return the cleaned inputs of ``owner`` or raise ``InputError``.
+
+    Unknown input keys are rejected (a typo would otherwise be silently ignored);
+    missing optional inputs take their default, or ``None``.
+    """
+    check_known(owner, declared, raw)
     out = CleanedInputs()
     for spec in declared:
         if spec.type is InputType.CONNECTION:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from pagerduty_connector.component import registry
 from pagerduty_connector.component.context import StepContext
-from pagerduty_connector.component.errors import InputError
+from pagerduty_connector.component.errors import InputError, did_you_mean
 from pagerduty_connector.component.inputs import CleanedInputs, clean_inputs
 from pagerduty_connector.component.manifest import Action, Body, DataSource, Request
 from pagerduty_connector.component.pagination import fetch_all
@@ -155,7 +155,9 @@ async def run_step(ctx: StepContext, key: str, raw_inputs: Mapping[str, Any]) ->
     try:
         item = ctx.manifest.runnable(key)
     except KeyError:
-        raise InputError(key, None, "no action or data source has this key") from None
+        known = [i.key for i in (*ctx.manifest.actions, *ctx.manifest.dataSources)]
+        hint = did_you_mean(key, known)
+        raise InputError(key, None, f"no action or data source has this key{hint}") from None
     inputs = clean_inputs(key, item.inputs, raw_inputs)
     if isinstance(item, DataSource):
         result = await registry.DATASOURCE_KINDS[item.type](ctx, item, inputs)

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pagerduty_connector.component.documents import DocumentError, load_json, load_yaml
+from pagerduty_connector.component.errors import did_you_mean
 
 if TYPE_CHECKING:
     from pagerduty_connector.runtime.engine import Engine
@@ -82,11 +84,23 @@ def parse(model: type[ModelT], body: dict[str, Any]) -> ModelT:
         raise HTTPException(400, problems) from None
 
 
-async def row_or_404(db: AsyncSession, model: type[RowT], key: str, what: str) -> RowT:
-    """The row of ``model`` with primary key ``key``, or a 404 naming what is missing."""
+# Names read to suggest the nearest one (instances, connections: a few dozen at most).
+NEAREST_OF = 1000
+
+
+async def row_or_404(
+    db: AsyncSession, model: type[RowT], key: str, what: str, *, suggest: bool = True
+) -> RowT:
+    """The row of ``model`` with primary key ``key``, or a 404 naming what is missing and,
+    with ``suggest`` (rows named by people, not generated ids), the nearest name."""
     row = await db.get(model, key)
     if row is None:
-        raise HTTPException(404, f"no {what} '{key}'")
+        hint = ""
+        if suggest:
+            column = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+            names = (await db.execute(select(column).limit(NEAREST_OF))).scalars()
+            hint = did_you_mean(key, names)
+        raise HTTPException(404, f"no {what} '{key}'{hint}")
     return row
 
 

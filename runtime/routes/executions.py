@@ -142,7 +142,9 @@ async def retry_execution(request: Request) -> JSONResponse:
     engine = engine_of(request)
     wanted: RetryIn = parse(RetryIn, await json_body(request))
     async with engine.store.session() as db:
-        original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+        original = await row_or_404(
+            db, ExecutionRow, request.path_params["id"], "execution", suggest=False
+        )
         instance = await db.get(InstanceRow, original.instance_id)
     if original.status not in RETRYABLE:
         advice = {
@@ -231,7 +233,9 @@ async def cancel_execution(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     async with engine.store.session() as db:
-        row = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+        row = await row_or_404(
+            db, ExecutionRow, request.path_params["id"], "execution", suggest=False
+        )
     if row.status not in UNFINISHED:
         raise HTTPException(409, f"execution '{row.id}' is {row.status}: it has ended")
     await engine.durable.cancel(row.id)
@@ -250,7 +254,9 @@ async def replay_execution(request: Request) -> JSONResponse:
     """
     engine = engine_of(request)
     async with engine.store.session() as db:
-        original = await row_or_404(db, ExecutionRow, request.path_params["id"], "execution")
+        original = await row_or_404(
+            db, ExecutionRow, request.path_params["id"], "execution", suggest=False
+        )
     engine.intake.forget(original.instance_id)
     target, flow = await flow_of(engine, original.instance_id, original.flow)
     headers = {**original.headers, "x-pdc-replay-of": original.id}

@@ -275,7 +275,7 @@ async def test_flow(request: Request) -> JSONResponse:
     engine = engine_of(request)
     params = request.path_params
     engine.intake.forget(params["name"])
-    target, flow = await flow_of(engine, params["name"], params["flow"])
+    target, flow = await flow_of(engine, params["name"], params["flow"], suggest=True)
     body = await read_body(request, MAX_WEBHOOK_BYTES)
     if schedules.is_scheduled(flow):  # a tick now; the body is not read
         output = schedules.tick_output(flow["trigger"]["inputs"], now())

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pagerduty_connector.component.contracts import Trigger
-from pagerduty_connector.component.errors import SignatureError
+from pagerduty_connector.component.errors import SignatureError, did_you_mean
 from pagerduty_connector.component.redact import redact, redact_data
 from pagerduty_connector.component.registry import TRIGGERS
 from pagerduty_connector.runtime.durable import placement
@@ -125,15 +125,22 @@ def json_answer(answer: tuple[int, dict[str, Any]]) -> JSONResponse:
 
 
 async def flow_of(
-    engine: Engine, instance_id: str, flow_name: str, *, fresh: bool = False
+    engine: Engine,
+    instance_id: str,
+    flow_name: str,
+    *,
+    fresh: bool = False,
+    suggest: bool = False,
 ) -> tuple[IntakeTarget, dict[str, Any]]:
     """The instance's intake view and the named flow, or a 404; ``fresh`` reads it again
-    unless it was just read."""
+    unless it was just read. ``suggest`` names the nearest flow (for the admin: a
+    delivery's sender is not told the instance's other flows)."""
     cache = engine.intake
     target = await (cache.refresh(instance_id) if fresh else cache.get(instance_id))
     flow = target.flows.get(flow_name) if target else None
     if target is None or flow is None:
-        raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'")
+        hint = did_you_mean(flow_name, target.flows) if suggest and target else ""
+        raise HTTPException(404, f"no flow '{flow_name}' in instance '{instance_id}'{hint}")
     return target, flow
 
 

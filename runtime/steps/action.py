@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from pagerduty_connector.component.errors import InputError, did_you_mean
-from pagerduty_connector.component.inputs import clean_inputs
+from pagerduty_connector.component.inputs import check_known, clean_inputs
 from pagerduty_connector.component.manifest import InputType
 from pagerduty_connector.component.redact import MASK, redact_data
 from pagerduty_connector.runtime.steps import Checker, Record, Runner, Scope, StepModel, kind
@@ -49,6 +49,9 @@ class ActionStep(StepModel):
                 "a step uses its instance's connection: set `connection` on the instance, "
                 "not on a step",
             )
+        # Every key, templated or not, is an input of the action: a misspelt templated
+        # one is named, not reported as the input it was meant to be missing.
+        check_known(f"{owner} ({self.action})", item.inputs, self.inputs)
         templated = {k for k, v in self.inputs.items() if contains_template(v)}
         static = {k: v for k, v in self.inputs.items() if k not in templated}
         declared = [i for i in item.inputs if i.key not in templated]

@@ -83,6 +83,16 @@ def test_describe_leaves_out_the_connection_and_shows_real_json(cli: CliRunner) 
     assert "more lines (pdc docs has them all)" in longer.output
 
 
+def test_run_suggests_the_nearest_key(cli: CliRunner) -> None:
+    for typed in ("getIncidnet", "getincident"):
+        result = cli.invoke(app, ["run", typed, "-i", "id=Q1"])
+        assert result.exit_code == 1
+        assert f"no action or data source has the key '{typed}'" in result.stderr
+        assert "(did you mean 'getIncident'?)" in result.stderr
+    far = cli.invoke(app, ["run", "zzzzzz"])
+    assert "(see `pdc actions`)" in far.stderr
+
+
 def test_validate_and_docs(cli: CliRunner, manifest: Manifest, tmp_path: Path) -> None:
     result = cli.invoke(app, ["validate"])
     assert result.exit_code == 0 and "manifest ok: 54 actions" in result.output

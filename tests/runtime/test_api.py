@@ -495,3 +495,39 @@ def test_component_specification(api: TestClient) -> None:
     assert flows["triggers"][0]["inputs"]["required"] == ["cron"]
     assert "now" in flows["templates"]["functions"]
     assert "minutes_between" in flows["templates"]["filters"]
+
+
+def test_a_misspelt_name_is_answered_with_the_nearest_one(api: TestClient) -> None:
+    """Instances, flows, actions, data sources and trigger events: a 4xx that names the
+    input and suggests what was meant (the CLI's ``describe`` does the same)."""
+    make_connection(api)
+    assert api.post(
+        "/api/instances", json={"name": "acme-oncall", "connection": "ops", "flows": [FLOW]}
+    ).is_success
+
+    def message(answer: Any, status: int) -> str:
+        assert answer.status_code == status, answer.text
+        return answer.json()["error"]["message"]
+
+    said = message(api.get("/api/instances/acme-oncal"), 404)
+    assert said == "no instance 'acme-oncal' (did you mean 'acme-oncall'?)"
+    said = message(api.post("/api/instances/acme-oncall/flows/on-incidnt/test", json={}), 404)
+    assert said.endswith("(did you mean 'on-incident'?)")
+    said = message(api.get("/api/connections/opss"), 404)
+    assert said == "no connection 'opss' (did you mean 'ops'?)"
+    # An execution id is not a name: no neighbour is looked for among them.
+    assert "did you mean" not in message(api.get("/api/executions/0000"), 404)
+    trial = {"connection": "ops", "action": "getIncidnet", "inputs": {"id": "Q1"}}
+    assert "(did you mean 'getIncident'?)" in message(api.post("/api/test-runs", json=trial), 400)
+    flow = json.loads(json.dumps(FLOW))
+    flow["trigger"]["inputs"]["events"] = ["incident.trigerred"]
+    deploy = {"name": "other", "connection": "ops", "flows": [flow]}
+    said = message(api.post("/api/instances", json=deploy), 400)
+    assert "incident.trigerred" in said and "(did you mean 'incident.triggered'?)" in said
+    # A misspelt input whose value is a template is named, not taken for the input it
+    # was meant to be and reported missing.
+    flow = json.loads(json.dumps(FLOW))
+    note = next(s for s in flow["steps"] if s["action"] == "createIncidentNote")
+    note["inputs"]["nte"] = note["inputs"].pop("note")
+    said = message(api.post("/api/instances", json={**deploy, "flows": [flow]}), 400)
+    assert "nte" in said and "(did you mean 'note'?)" in said and "is required" not in said

@@ -140,6 +140,15 @@ def test_the_editor_shows_a_deploy_error_at_the_line_it_names(
     flagged = re.search(r'id="flagged-line"[^>]*>(\d+)<', answer.text)
     assert flagged and int(flagged.group(1)) == line
     assert "createIncidentNot" in answer.text  # the text is kept for fixing
+    # A misspelt templated input is named at its own line, not taken for a missing one.
+    misspelt = EXAMPLE_INSTANCE.replace(
+        '          note: "Investigating', '          nte: "Investigating'
+    )
+    answer = console.post("/console/instances/new", data={"yaml": misspelt, "csrf": csrf})
+    line = next(n for n, text in enumerate(misspelt.splitlines(), 1) if "nte:" in text)
+    assert "input &#39;nte&#39;" in answer.text and "did you mean &#39;note&#39;" in answer.text
+    flagged = re.search(r'id="flagged-line"[^>]*>(\d+)<', answer.text)
+    assert flagged and int(flagged.group(1)) == line
     assert console.get("/api/instances", headers=AUTH).json() == []  # nothing deployed
     not_yaml = console.post(
         "/console/instances/new", data={"yaml": "name: x\nflows: [\n  a: b", "csrf": csrf}
