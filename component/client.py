@@ -85,6 +85,17 @@ class RetryPolicy:
         return random.uniform(delay / 2, delay) if self.jitter and delay > 0 else delay
 
 
+class Observer(Protocol):
+    """What the client tells whoever watches it (the runtime's metrics): each answer,
+    or that none came, and each wait on the request budget."""
+
+    def answered(self, method: str, status: int | None) -> None:
+        """PagerDuty answered ``status`` (``None``: it could not be reached)."""
+
+    def waited(self, seconds: float) -> None:
+        """A request waited ``seconds`` for the request budget."""
+
+
 @dataclass
 class ClientSettings:
     """Client configuration; ``from_env`` reads the documented overrides."""
@@ -96,6 +107,7 @@ class ClientSettings:
     requests_per_minute: float | None = 960.0
     burst: int = 16
     page_concurrency: int = 10
+    observer: Observer | None = None
 
     @classmethod
     def from_env(cls) -> ClientSettings:
@@ -116,7 +128,10 @@ class ClientSettings:
 class RequestBudget:
     """A token bucket keeping one connection under N requests per minute."""
 
-    def __init__(self, per_minute: float | None, burst: int, clock: Clock) -> None:
+    def __init__(
+        self, per_minute: float | None, burst: int, clock: Clock, observer: Observer | None = None
+    ) -> None:
+        self.observer = observer
         self.rate = per_minute / 60.0 if per_minute else None
         self.capacity = float(max(burst, 1))
         self.tokens = self.capacity
@@ -138,7 +153,10 @@ class RequestBudget:
                 if self.tokens >= 1 - 1e-6:
                     self.tokens = max(self.tokens - 1, 0.0)
                     return
-                await self.clock.sleep((1 - self.tokens) / self.rate)
+                wait = (1 - self.tokens) / self.rate
+                if self.observer:
+                    self.observer.waited(wait)
+                await self.clock.sleep(wait)
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
@@ -215,7 +233,10 @@ class PagerDutyClient:
         self.rest_url = (self.settings.api_url or REST_URLS[region]).rstrip("/")
         self.events_url = (self.settings.events_url or EVENTS_URLS[region]).rstrip("/")
         self.budget = RequestBudget(
-            self.settings.requests_per_minute, self.settings.burst, self.clock
+            self.settings.requests_per_minute,
+            self.settings.burst,
+            self.clock,
+            self.settings.observer,
         )
         if connection:
             register_secret(connection.secret)
@@ -332,7 +353,11 @@ class PagerDutyClient:
                     sent=not not_sent,
                 )
                 delay = policy.backoff(attempt)
+                if self.settings.observer:
+                    self.settings.observer.answered(method, None)
             else:
+                if self.settings.observer:
+                    self.settings.observer.answered(method, response.status_code)
                 log.debug(
                     "%s %s -> %s in %.0f ms",
                     method,

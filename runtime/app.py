@@ -19,6 +19,7 @@ from pagerduty_connector.component.registry import check_implementations
 from pagerduty_connector.runtime.console.session import SignInThrottle
 from pagerduty_connector.runtime.engine import started
 from pagerduty_connector.runtime.errors import EXCEPTION_HANDLERS, error_response
+from pagerduty_connector.runtime.metrics import DELIVERIES
 from pagerduty_connector.runtime.middleware import secured
 from pagerduty_connector.runtime.routes import ROUTES
 from pagerduty_connector.runtime.routes.webhooks import receive_webhook
@@ -74,6 +75,7 @@ class Runtime(Starlette):
         return sending
 
     async def _deliver(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = counted(send)
         try:
             await receive_webhook(scope, receive, send)
         except Exception as exc:
@@ -90,6 +92,17 @@ class Runtime(Starlette):
                 raise
             response = await handler(Request(scope, receive), exc)
             await response(scope, receive, send)
+
+
+def counted(send: Send) -> Send:
+    """``send`` that counts the delivery's answer by status (``pdc_deliveries``)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            DELIVERIES.labels(str(message["status"])).inc()
+        await send(message)
+
+    return sending
 
 
 def create_app(

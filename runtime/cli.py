@@ -34,8 +34,7 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
     """Start the runtime (management API, webhook intake, console) under uvicorn, or
     with ``--role worker`` a process that only runs flows."""
     from pagerduty_connector.runtime import server
-    from pagerduty_connector.runtime.app import create_app
-    from pagerduty_connector.runtime.settings import load_settings
+    from pagerduty_connector.runtime.settings import load_settings, share_metrics
     from pagerduty_connector.runtime.worker import configure_logging, run
 
     configure_logging()
@@ -46,6 +45,10 @@ def serve(host: str | None, port: int | None, role: str | None, flow_workers: in
             run(settings)
             return
         sock = server.listening_socket(settings.host, settings.port)
+        if settings.flow_workers:
+            share_metrics(settings)  # before the app (and its metrics) is imported
+        from pagerduty_connector.runtime.app import create_app
+
         application = create_app(settings)
     except ComponentError as exc:
         raise fail(str(exc)) from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import pickle
 import random
@@ -43,7 +44,7 @@ from sqlalchemy.engine import make_url
 
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
-from pagerduty_connector.runtime import dbos_internals
+from pagerduty_connector.runtime import dbos_internals, metrics
 from pagerduty_connector.runtime.logs import throttle
 from pagerduty_connector.runtime.store import (
     ExecutionRow,
@@ -77,6 +78,8 @@ ITEM_QUEUE = "pdc-items"
 # One version for every process: DBOS recovers only workflows of its own version, and
 # any replica must be able to finish another's executions.
 APPLICATION_VERSION = "pdc-1"
+# A step's body: its arguments in, its outcome (``ok``, ``result`` or ``error``) out.
+StepBody = Callable[..., Awaitable[dict[str, Any]]]
 _engine: Engine | None = None
 
 
@@ -698,7 +701,31 @@ async def mark_started(execution_id: str) -> str:
     return started.isoformat()
 
 
+def measured(label: Callable[..., str]) -> Callable[[StepBody], StepBody]:
+    """Count each attempt a step body makes, and its time, in the metrics (``label``
+    names its action from its arguments). Under the DBOS step: a resumed run that
+    replays a recorded attempt does not count it again."""
+
+    def wrap(body: StepBody) -> StepBody:
+        @functools.wraps(body)
+        async def timed(*args: Any) -> dict[str, Any]:
+            begun = time.perf_counter()
+            outcome = await body(*args)
+            metrics.step_attempt(
+                label(*args),
+                time.perf_counter() - begun,
+                outcome["ok"],
+                outcome.get("retryable", False),
+            )
+            return outcome
+
+        return timed
+
+    return wrap
+
+
 @DBOS.step(name="pdc.action")
+@measured(lambda _connection, action, *_: action)
 async def call_action(
     connection_id: str | None, action: str, inputs: dict[str, Any], urls: dict[str, str]
 ) -> dict[str, Any]:
@@ -943,6 +970,7 @@ async def _renewed(child: str, execution_id: str) -> str:
 
 
 @DBOS.step(name="pdc.http")
+@measured(lambda _request: "http")
 async def http_call(request: dict[str, Any]) -> dict[str, Any]:
     """One attempt of an http step's request (``runtime/outbound.py``), with its
     credential opened here, inside the step, so no secret is in the workflow's inputs."""

@@ -10,6 +10,7 @@ yet queued is queued, so nothing received is lost and no finished step runs twic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.component.requester import run_step
 from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.connections.oauth import OAUTH_TYPE, RefreshingAuth
-from pagerduty_connector.runtime import schedules
+from pagerduty_connector.runtime import metrics, schedules
 from pagerduty_connector.runtime.crypto import SecretBox
 from pagerduty_connector.runtime.deploy import DeployLocks
 from pagerduty_connector.runtime.durable import UNFINISHED, Durable, partition, workflow_table
@@ -68,7 +69,10 @@ class Engine:
         self.store = store
         self.box = SecretBox(settings.secret_key or "")
         self.transport = transport
-        self.client_settings = client_settings or ClientSettings.from_env()
+        # Every client this engine makes tells the metrics what PagerDuty answered.
+        self.client_settings = dataclasses.replace(
+            client_settings or ClientSettings.from_env(), observer=metrics.OBSERVER
+        )
         self.intake = IntakeCache(store, self.box)
         self.oauth = TokenManager(self)
         self._clients: dict[str, tuple[tuple[str, str], PagerDutyClient]] = {}
@@ -226,6 +230,7 @@ class Engine:
         await patiently(
             partial(self.writer.update, execution_id, values), f"execution {execution_id}"
         )
+        metrics.EXECUTIONS.labels(status).inc()
 
     async def drain(self) -> None:
         """Wait for the executions this process queued (tests, graceful shutdown)."""

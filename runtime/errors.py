@@ -25,6 +25,7 @@ from pagerduty_connector.component.errors import (
     SignatureError,
 )
 from pagerduty_connector.component.redact import get_logger, redact
+from pagerduty_connector.runtime.metrics import DATABASE_UNAVAILABLE
 from pagerduty_connector.runtime.store.outage import (
     RETRY_AFTER,
     StoreUnavailable,
@@ -98,6 +99,7 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
         log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, "DatabaseError", "the database refused the request (logged)")
     _outage.meet(exc)
+    DATABASE_UNAVAILABLE.labels("request").inc()
     answer = error_response(
         503,
         "Unavailable",

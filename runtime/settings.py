@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -169,6 +170,38 @@ class RuntimeSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'pdc.db').resolve()}"
+
+
+# prometheus-client's own variable: set before it is imported, in a process and in the
+# flow workers it starts (they inherit it), it keeps every metric's value in a file of
+# that folder, and ``/metrics`` sums them (``runtime/metrics.py``).
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def share_metrics(settings: RuntimeSettings) -> Path:
+    """Give this process and its flow workers a fresh folder for their metrics (a stopped
+    process's values mean nothing to a new one: counters start again); folders left by
+    processes no longer running are removed."""
+    root = settings.data_dir / "metrics"
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir()
+    os.environ[METRICS_ENV] = str(folder)
+    return folder
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _dev_secret(data_dir: Path, name: str, make: callable) -> str:  # type: ignore[valid-type]

@@ -29,7 +29,6 @@ from pagerduty_connector.component.errors import ComponentError, ConfigurationEr
 from pagerduty_connector.component.manifest import Manifest, load_manifest
 from pagerduty_connector.component.redact import get_logger
 from pagerduty_connector.component.registry import check_implementations
-from pagerduty_connector.runtime.engine import started
 from pagerduty_connector.runtime.settings import RuntimeSettings, load_settings
 
 log = get_logger("worker")
@@ -64,6 +63,10 @@ async def work(
     """Run this database's queued flows until ``stop`` is set."""
     checked = manifest or load_manifest()
     check_implementations(checked)
+    # Imported here: ``pdc serve`` imports this module before it decides whether the
+    # metrics are shared between processes, which must be before they are made.
+    from pagerduty_connector.runtime.engine import started
+
     async with started(settings, checked):
         log.info("flow worker %s ready", settings.executor)
         ready = os.environ.pop(READY_ENV, None)

@@ -16,7 +16,13 @@ from starlette.schemas import SchemaGenerator
 from pagerduty_connector.runtime import consent
 from pagerduty_connector.runtime.console import CONSOLE
 from pagerduty_connector.runtime.middleware import AdminAuth
-from pagerduty_connector.runtime.routes import component, connections, executions, instances
+from pagerduty_connector.runtime.routes import (
+    component,
+    connections,
+    executions,
+    instances,
+    metrics,
+)
 from pagerduty_connector.runtime.routes.webhooks import AsgiRoute, health, ready, receive_webhook
 
 schemas = SchemaGenerator(
@@ -61,6 +67,7 @@ ROUTES: list[BaseRoute] = [
     Route("/connections/{id}/oauth/start", consent.start, methods=["GET"]),
     Route("/oauth/callback", consent.callback, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+    Route("/metrics", metrics.scrape, methods=["GET"], middleware=[Middleware(AdminAuth)]),
     Mount("/api", routes=API, middleware=[Middleware(AdminAuth)]),
     CONSOLE,
 ]

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from pagerduty_connector.component.redact import get_logger
+from pagerduty_connector.runtime.metrics import DATABASE_BACK, DATABASE_UNAVAILABLE
 
 log = get_logger("store")
 T = TypeVar("T")
@@ -142,12 +143,14 @@ async def patiently(call: Callable[[], Awaitable[T]], what: str, limit: float = 
                 raise
             if not waited:
                 log.warning("the database is unavailable; %s waits for it (%s)", what, why(exc))
+                DATABASE_UNAVAILABLE.labels("run").inc()
                 waited = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
         if waited:
             log.info("the database is back; %s goes on", what)
+            DATABASE_BACK.inc()
         return result
 
 

@@ -37,7 +37,7 @@ from pagerduty_connector.component.standin.subscriptions import FakeSubscription
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.triggers.signature import sign
 from tests.support.postgres import PostgresServer, available, create_database, running_postgres
-from tests.support.processes import wait_until
+from tests.support.processes import scraped, wait_until
 from tests.support.runtime import (
     AUTH,
     EVENT,
@@ -112,11 +112,14 @@ def outage_and_back(
         accepted.append(answer.json()["execution"])
     # The fault comes while runs are in a step (each flow runs 4 at once).
     wait_until(lambda: len(pd.gets) >= 4, 30, "runs to be in a step")
+    before = scraped(api)
+    refused = 0
     start()
     began = time.monotonic()
     while time.monotonic() - began < OUTAGE:
         incident = next(incidents)
         answer = send(incident)
+        refused += 1
         # Nothing can be recorded: never a 2xx, never a 500, and told when to try again.
         assert answer.status_code == 503, answer.text
         assert answer.headers["retry-after"] == "5"
@@ -129,10 +132,20 @@ def outage_and_back(
     incident = next(incidents)
     while (answer := send(incident)).status_code != 202:  # PagerDuty sends it again
         assert answer.status_code == 503, answer.text
+        refused += 1
         assert time.monotonic() - back < RECOVERY, "not taking deliveries again in time"
         time.sleep(0.25)
     accepted.append(answer.json()["execution"])
     wait_until(lambda: api.get("/ready").status_code == 200, RECOVERY, "readiness")
+    # An operator's metrics moved as the answers did: every 503 counted, and the outage.
+    after = scraped(api)
+
+    def moved(name: str, *labels: tuple[str, str]) -> float:
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert moved("pdc_deliveries_total", ("status", "503")) == refused
+    assert moved("pdc_database_unavailable_total", ("where", "request")) >= refused
     return accepted
 
 

@@ -23,6 +23,7 @@ from tests.support.processes import (
     child_pids,
     finished,
     pdc_serve,
+    scraped,
     serve_env,
     start_a_three_step_run,
     wait_until,
@@ -82,6 +83,16 @@ def test_a_stopped_server_resumes_a_recorded_execution(
         wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to restart")
         record = finished(api, execution, "the resumed execution to finish")
         assert_finished_steps_sent_once(pagerduty, record)
+        # The metrics of the process that ran it (a flow worker's too, through the
+        # shared folder): the run ended once here, its one live step attempt counted,
+        # the two replayed from their checkpoints not.
+        seen = scraped(api)
+        assert seen[("pdc_executions_finished_total", (("status", "succeeded"),))] == 1
+        assert seen[("pdc_step_attempts_total", (("action", "listIncidents"), ("outcome", "ok")))]
+        assert ("pdc_step_attempts_total", (("action", "getIncident"), ("outcome", "ok"))) not in (
+            seen
+        )
+        assert seen[("pdc_pagerduty_responses_total", (("method", "GET"), ("status", "200")))]
         assert len(record["steps"][2]["result"]["data"]["incidents"]) == 3
         assert API_KEY not in logs.read_text() and ADMIN not in logs.read_text()
     finally:
