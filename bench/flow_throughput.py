@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx2
 from cryptography.fernet import Fernet
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.webhook_intake import _Connections
 from pagerduty_connector.component.standin.server import (
@@ -197,6 +198,7 @@ class Server:
     url: str
     secret: str | None = None
     memory: PeakMemory | None = None
+    metrics_url: str | None = None  # ours: its /metrics, read before and after each round
     rounds: dict[int, list[Round]] = field(default_factory=dict)
 
     def headers(self, body: bytes, n: int) -> dict[str, str]:
@@ -274,7 +276,7 @@ def start_pdc(pagerduty_url: str, data: str, database_url: str | None) -> Server
     ).raise_for_status()
     url = f"{base}/webhooks/bench/storm"
     secret = httpx2.get(f"{pagerduty_url}{SECRETS_PATH}").json()[url]
-    return Server("pdc", process, url, secret)
+    return Server("pdc", process, url, secret, metrics_url=f"{base}/metrics")
 
 
 def start_dbos(pagerduty_url: str, data: str, database_url: str | None) -> Server:
@@ -495,6 +497,8 @@ class Round:
     drain: float
     cpu_per_execution: float  # seconds
     peak_rss: int
+    # What /metrics said over the round (ours only): deliveries recorded, runs succeeded.
+    scraped: tuple[float, float] | None = None
 
 
 async def _deliver(server: Server, rate: int, seconds: float, prefix: str) -> tuple[Any, ...]:
@@ -542,6 +546,7 @@ def run_round(server: Server, pagerduty_url: str, rate: int, seconds: float) -> 
     prefix = f"{server.name}-{rate}-{uuid.uuid4().hex[:8]}"
     assert server.memory is not None
     server.memory.reset()
+    counted = scrape(server)
     cpu = cpu_seconds(server.process.pid)
     start, due, answered, refused, last_answer = asyncio.run(
         _deliver(server, rate, seconds, prefix)
@@ -560,6 +565,8 @@ def run_round(server: Server, pagerduty_url: str, rate: int, seconds: float) -> 
         if len(notes) > before:
             quiet_since = time.monotonic()
     cpu = cpu_seconds(server.process.pid) - cpu
+    after = scrape(server)
+    moved = (after[0] - counted[0], after[1] - counted[1]) if after and counted else None
     finished = max(notes.values(), default=start)
     last_sent = max(due.values())
     return Round(
@@ -574,6 +581,23 @@ def run_round(server: Server, pagerduty_url: str, rate: int, seconds: float) -> 
         drain=max(0.0, finished - last_sent),
         cpu_per_execution=cpu / max(len(notes), 1),
         peak_rss=server.memory.peak,
+        scraped=moved,
+    )
+
+
+def scrape(server: Server) -> tuple[float, float] | None:
+    """From the server's ``/metrics`` (ours only): deliveries answered 202 and runs that
+    succeeded, so far."""
+    if not server.metrics_url:
+        return None
+    answer = httpx2.get(server.metrics_url, headers={"Authorization": f"Bearer {ADMIN}"})
+    values = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return (
+        values.get(("pdc_deliveries_total", (("status", "202"),)), 0.0),
+        values.get(("pdc_executions_finished_total", (("status", "succeeded"),)), 0.0),
     )
 
 
@@ -690,11 +714,17 @@ def main() -> None:
                         for server in servers:
                             done = run_round(server, pagerduty_url, rate, args.seconds)
                             server.rounds.setdefault(rate, []).append(done)
+                            said = (
+                                f"; /metrics: {done.scraped[0]:.0f} recorded, "
+                                f"{done.scraped[1]:.0f} succeeded"
+                                if done.scraped
+                                else ""
+                            )
                             print(
                                 f"[{database} {repeat + 1}/{args.repeats}] {server.name:5} "
                                 f"{rate}/s: {done.executions}/{done.sent} runs, "
                                 f"{done.executions_per_s:.1f}/s, "
-                                f"{done.cpu_per_execution * 1000:.1f} ms CPU each",
+                                f"{done.cpu_per_execution * 1000:.1f} ms CPU each{said}",
                                 flush=True,
                             )
                 this_peer = peer if any(s.name == peer for s in servers) else "dbos"
