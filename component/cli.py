@@ -246,10 +246,14 @@ def docs(output: Path | None) -> None:
 def mock(port: int, incidents: int) -> None:
     """Serve a stand-in PagerDuty on 127.0.0.1 for trying the connector and runtime.
 
-    Point PAGERDUTY_API_URL at it. It answers incidents, notes, /abilities and a
-    stateful /webhook_subscriptions API. GET /_mock/secrets lists each subscription's
-    signing secret by delivery URL, to sign deliveries as PagerDuty would. Each request
-    is printed on one line; GET /_mock/requests lists them with their bodies.
+    Point PAGERDUTY_API_URL at it. It keeps an account: incidents (Q1P5 "Server is on
+    fire", then the generated ones) to create, list, read, update, merge and snooze, with
+    their notes and alerts; services, users and priorities; a stateful
+    /webhook_subscriptions API; an unknown id is a 404. Other actions get PagerDuty's
+    example answer. GET /_mock/secrets lists each subscription's signing secret by
+    delivery URL, to sign deliveries as PagerDuty would. Each request is printed on one
+    line; GET /_mock/requests lists them with their bodies. POST /_mock/fail with
+    {"method", "path", "status", "times"} makes the next matching requests fail.
     """
     from pagerduty_connector.component.standin.server import LocalPagerDuty
 
@@ -259,7 +263,7 @@ def mock(port: int, incidents: int) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     try:
-        server = LocalPagerDuty(count=incidents, port=port, echo=echo)
+        server = LocalPagerDuty(count=incidents, port=port, echo=echo, autocreate=False)
     except OSError as exc:
         raise fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
     console.print(f"stand-in PagerDuty at {server.url} (Ctrl-C stops it)")

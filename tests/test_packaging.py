@@ -200,10 +200,15 @@ def test_the_installed_cli_lists_validates_and_runs(
     assert (tmp_path / "schema.json").read_bytes() == before
 
     env = {"PAGERDUTY_API_URL": mock_pagerduty, "PAGERDUTY_API_TOKEN": "u+wheel-test"}
-    result = json.loads(run(installed, "run", "getIncident", "-i", "id=Q7", env=env, cwd=tmp_path))
-    assert result == {
-        "data": {"incident": {"id": "Q7", "title": "Server is on fire", "urgency": "high"}}
-    }
+    result = json.loads(
+        run(installed, "run", "getIncident", "-i", "id=Q1P5", env=env, cwd=tmp_path)
+    )
+    incident = result["data"]["incident"]
+    assert (incident["id"], incident["title"], incident["status"]) == (
+        "Q1P5",
+        "Server is on fire",
+        "triggered",
+    )
     port = mock_pagerduty.rsplit(":", 1)[1]
     taken = subprocess.run(
         [str(installed / "pdc"), "mock", "--port", port], capture_output=True, text=True, timeout=60

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -72,16 +73,34 @@ def test_the_quickstart_pasted_as_one_block_shows_the_note_at_the_stand_in(
         assert "No such file" not in output and "Unauthorized" not in output, output
         assert '"webhookUrls"' in output and "created subscription" in output, output
         assert '"status": "received"' in output or '"status":"received"' in output, output
-        note = None
+        # Two notes: the signed delivery's, and the sample run's at the end of the block.
+        posted: list[dict[str, object]] = []
         deadline = time.monotonic() + 30
-        while note is None and time.monotonic() < deadline:
+        while len(posted) < 2 and time.monotonic() < deadline:
             log = httpx2.get(f"http://127.0.0.1:{mock_port}/_mock/requests").json()["requests"]
             posted = [r for r in log if r["method"] == "POST" and r["path"].endswith("/notes")]
-            note = posted[-1] if posted else None
             time.sleep(0.2)
-        assert note is not None, "the flow's note never reached the stand-in"
+        assert len(posted) == 2, "the flow's notes never reached the stand-in"
+        note: dict[str, Any] = posted[0]
         assert note["path"] == "/incidents/Q1P5/notes"
         assert "Investigating:" in str(note["body"])
+        kept = httpx2.get(f"http://127.0.0.1:{mock_port}/incidents/Q1P5/notes").json()
+        # Kept on the incident, as PagerDuty would.
+        assert [n["content"] for n in kept["notes"]] == ["Investigating: Server is on fire"] * 2
+        # The run about an incident the stand-in does not have fails at its first step.
+        token = (tmp_path / ".pdc" / "admin-token").read_text().strip()
+        api = httpx2.Client(
+            base_url=f"http://127.0.0.1:{pdc_port}", headers={"Authorization": f"Bearer {token}"}
+        )
+        failed: list[dict[str, object]] = []
+        deadline = time.monotonic() + 30
+        while not failed and time.monotonic() < deadline:
+            listed = api.get("/api/executions").json()
+            failed = [e for e in listed if e["status"] == "failed"]
+            time.sleep(0.2)
+        assert len(failed) == 1, listed
+        record = api.get(f"/api/executions/{failed[0]['id']}").json()
+        assert record["steps"][0]["name"] == "incident" and "HTTP 404" in record["error"]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(shell.pid, signal.SIGTERM)

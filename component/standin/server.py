@@ -30,10 +30,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pagerduty_connector.component.standin.subscriptions import FakeSubscriptions
+from pagerduty_connector.component.standin.world import PagerDutyWorld
 
 SECRETS_PATH = "/_mock/secrets"
 HOLD_PATH = "/_mock/hold"
 REQUESTS_PATH = "/_mock/requests"
+FAIL_PATH = "/_mock/fail"
 
 
 def free_port() -> int:
@@ -41,24 +43,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def incident(n: int) -> dict[str, Any]:
-    """A realistic incident record (about 600 bytes of JSON)."""
-    ref = {"type": "service_reference", "summary": "Checkout API"}
-    return {
-        "id": f"Q{n:012d}",
-        "type": "incident",
-        "summary": f"[#{n}] Disk is {n % 100}% full on db-{n % 7}",
-        "title": f"Disk is {n % 100}% full on db-{n % 7}",
-        "incident_number": n,
-        "status": "triggered",
-        "urgency": "high",
-        "created_at": "2026-11-24T10:00:00Z",
-        "service": {"id": f"PS{n % 50:05d}", **ref},
-        "assignments": [{"at": "2026-11-24T10:00:00Z", "assignee": {"id": "PU00001"}}],
-        "html_url": f"https://acme.pagerduty.com/incidents/Q{n:012d}",
-    }
 
 
 def summary(entry: dict[str, Any], width: int = 160) -> str:
@@ -85,9 +69,10 @@ class LocalPagerDuty(ThreadingHTTPServer):
         port: int = 0,
         slow: tuple[str, str, float] | None = None,
         echo: Callable[[str], None] | None = None,
+        autocreate: bool = True,
     ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
-        self.incidents = [incident(n) for n in range(count)]
+        self.world = PagerDutyWorld(count, autocreate=autocreate)
         self.delay = delay
         self.hold = hold
         self.slow = slow
@@ -95,7 +80,9 @@ class LocalPagerDuty(ThreadingHTTPServer):
         self.requests: list[tuple[str, str]] = []
         # What ``GET /_mock/requests`` lists: each request with its time and body.
         self.log: list[dict[str, Any]] = []
-        self.pages: dict[str, bytes] = {}  # encoded list pages, so answers are instant
+        # Encoded list pages of the account as it is (its version), so answers are instant.
+        self.pages: dict[tuple[int, str], bytes] = {}
+        self.failures: list[dict[str, Any]] = []  # ``POST /_mock/fail``: answers to force
         self.subscriptions = FakeSubscriptions()
         self._lock = threading.Lock()
         self._hold_next: dict[tuple[str, str], float] = {}
@@ -147,6 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(self.server.delay)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        for name, value in getattr(self, "_extra_headers", {}).items():
+            self.send_header(name, value)
+        self._extra_headers = {}
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -170,11 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         if not self._subscriptions("PUT"):
-            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+            self._account("PUT")
 
     def do_DELETE(self) -> None:
         if not self._subscriptions("DELETE"):
-            self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+            self._account("DELETE")
 
     def do_GET(self) -> None:
         if self._subscriptions("GET"):
@@ -190,20 +180,22 @@ class _Handler(BaseHTTPRequestHandler):
                 listed = self.server.log[max(since, 0) :]
                 total = len(self.server.log)
             return self._send(200, {"requests": listed, "next": total})
-        self.server.record("GET", parts.path)
         if parts.path == "/abilities":
+            self.server.record("GET", parts.path)
             return self._send(200, {"abilities": ["teams"]})
-        if parts.path == "/incidents":
-            page = self.server.pages.get(parts.query)
-            if page is None:
-                page = json.dumps(self._page(parse_qs(parts.query))).encode()
-                self.server.pages[parts.query] = page
+        if parts.path == "/incidents" and not self._forced("GET", parts.path):
+            # The list the paging benchmarks read by the thousand: encoded once per
+            # version of the account and query.
+            self.server.record("GET", parts.path)
+            world = self.server.world
+            with self.server._lock:
+                key = (world.version, parts.query)
+                page = self.server.pages.get(key)
+                if page is None:
+                    _, answer = world.handle("GET", parts.path, parse_qs(parts.query), None, None)
+                    page = self.server.pages[key] = json.dumps(answer).encode()
             return self._send(200, page)
-        if parts.path.startswith("/incidents/"):
-            incident_id = parts.path.rsplit("/", 1)[-1]
-            incident = {"id": incident_id, "title": "Server is on fire", "urgency": "high"}
-            return self._send(200, {"incident": incident})
-        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+        return self._account("GET")
 
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
@@ -211,26 +203,56 @@ class _Handler(BaseHTTPRequestHandler):
             asked = self._json()
             self.server.hold_next(asked["method"], asked["path"], float(asked["seconds"]))
             return self._send(204, None)
+        if parts.path == FAIL_PATH:
+            asked = self._json()
+            with self.server._lock:
+                self.server.failures.append(
+                    {
+                        "method": str(asked["method"]).upper(),
+                        "path": str(asked["path"]),
+                        "status": int(asked.get("status", 500)),
+                        "times": int(asked.get("times", 1)),
+                    }
+                )
+            return self._send(204, None)
         if self._subscriptions("POST"):
             return
-        body = self._json()
-        self.server.record("POST", parts.path, body)
-        if parts.path.endswith("/notes"):
-            return self._send(201, {"note": {"id": "PWL7QXS", **body.get("note", {})}})
-        return self._send(404, {"error": {"message": "Not Found", "code": 2100}})
+        self._account("POST")
 
-    def _page(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        limit = int(query.get("limit", ["25"])[0])
-        offset = int(query.get("offset", ["0"])[0])
-        items = self.server.incidents
-        page = items[offset : offset + limit]
-        return {
-            "incidents": page,
-            "limit": limit,
-            "offset": offset,
-            "more": offset + len(page) < len(items),
-            "total": len(items) if query.get("total") == ["true"] else None,
-        }
+    def _account(self, method: str) -> None:
+        """Answer from the account (``world.py``), after a forced failure if one is due."""
+        parts = urlsplit(self.path)
+        body = self._json() if method in ("POST", "PUT") else None
+        self.server.record(method, parts.path, body)
+        forced = self._forced(method, parts.path)
+        if forced:
+            return self._send(*forced)
+        with self.server._lock:
+            status, answer = self.server.world.handle(
+                method, parts.path, parse_qs(parts.query), body, self.headers.get("From")
+            )
+        self._send(status, answer)
+
+    def _forced(self, method: str, path: str) -> tuple[int, Any] | None:
+        """The failure ``POST /_mock/fail`` asked for this request, if one is due (a 429
+        comes with ``ratelimit-reset: 1``, as PagerDuty's does)."""
+        with self.server._lock:
+            due = next(
+                (
+                    f
+                    for f in self.server.failures
+                    if f["method"] == method and path.endswith(f["path"])
+                ),
+                None,
+            )
+            if due is None:
+                return None
+            due["times"] -= 1
+            if due["times"] <= 0:
+                self.server.failures.remove(due)
+        self._extra_headers = {"ratelimit-reset": "1"} if due["status"] == 429 else {}
+        message = "Rate Limit Exceeded" if due["status"] == 429 else "Failure injected"
+        return due["status"], {"error": {"message": message, "code": 2020}}
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-_ITEM = re.compile(r"^/webhook_subscriptions/(?P<id>[^/]+)(?P<enable>/enable)?$")
+_ITEM = re.compile(r"^/webhook_subscriptions/(?P<id>[^/]+)(?:/(?P<verb>enable|ping))?$")
 Answer = tuple[int, dict[str, Any] | None]
 
 
@@ -83,9 +83,13 @@ class FakeSubscriptions:
         sub = self.subscriptions.get(match["id"])
         if sub is None:
             return 404, {"error": {"code": 5001, "message": "Webhook subscription not found"}}
-        if match["enable"] and method == "POST":
+        if match["verb"] == "enable" and method == "POST":
             sub["delivery_method"]["temporarily_disabled"] = False
             return 200, {"webhook_subscription": sub}
+        if match["verb"] == "ping" and method == "POST":
+            return 202, None  # PagerDuty queues a test delivery
+        if match["verb"]:
+            return 405, {"error": {"code": 2000, "message": "Method not allowed"}}
         if method == "GET":
             return 200, {"webhook_subscription": sub}
         if method == "PUT":

@@ -182,3 +182,21 @@ def requires_from(method: str, path: str) -> bool:
         if parameter.get("name") == "From" and parameter.get("required"):
             return True
     return False
+
+
+class _Response:
+    """openapi-core's Response protocol over an ``httpx2.Response``."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.status_code = response.status_code
+        self.content_type = response.headers.get("content-type", "application/json")
+        self.headers = Headers(list(response.headers.items()))
+        self.data = response.content
+
+
+def validate_response(response: httpx2.Response, *, fix: bool = True) -> None:
+    """Raise openapi-core's validation error if ``response`` (to its request) breaks the
+    official spec."""
+    request = response.request
+    spec = EVENTS_SPEC if request.url.host.startswith("events.") else REST_SPEC
+    _openapi(spec, fix).validate_response(_Request(request), _Response(response))
