@@ -30,6 +30,7 @@ CONSOLE = Mount(
         Route("/connections/new", views.create_connection, methods=["POST"]),
         Route("/connections/{name}/key", views.rotate_key, methods=["POST"]),
         Route("/component", views.component, methods=["GET"]),
+        Route("/component/triggers/{key}", views.trigger, methods=["GET"]),
         Route("/component/{key}", views.action, methods=["GET", "POST"]),
         Route("/choices/{key}", views.choices, methods=["GET"]),
         Mount(

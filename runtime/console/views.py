@@ -10,13 +10,16 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode
 
+import pendulum
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from pagerduty_connector.component.documents import DocumentError, load_yaml
+from pagerduty_connector.component.errors import did_you_mean
 from pagerduty_connector.component.redact import redact
 from pagerduty_connector.runtime.console.api import ApiError, call
 from pagerduty_connector.runtime.console.editor import locate_error
@@ -42,6 +45,34 @@ templates = Jinja2Templates(
 templates.env.filters["pretty"] = lambda value: redact(
     json.dumps(value, indent=2, sort_keys=True, default=str)
 )
+
+
+def when(value: Any, relative: bool = True, zone: str | None = None) -> Markup | str:
+    """A moment as a person reads it: to the second, with its time zone (UTC, or ``zone``:
+    a schedule's own), and how long ago (or until) when within a day; ``<time>`` keeps
+    the exact instant."""
+    if not value:
+        return "—"
+    try:
+        moment = pendulum.parse(str(value))
+    except (ValueError, pendulum.parsing.exceptions.ParserError):
+        return str(value)
+    if not isinstance(moment, pendulum.DateTime):
+        return str(value)
+    if moment.tzinfo is None:  # the store's SQLite rows come back naive, in UTC
+        moment = moment.replace(tzinfo=pendulum.UTC)
+    try:
+        moment = moment.in_timezone(zone or "UTC")
+    except pendulum.tz.exceptions.InvalidTimezone:
+        moment = moment.in_timezone("UTC")
+    shown = moment.format("YYYY-MM-DD HH:mm:ss zz")
+    ago = pendulum.now("UTC") - moment
+    if relative and abs(ago.total_seconds()) < 86_400:
+        shown += f" ({moment.diff_for_humans()})"
+    return Markup('<time datetime="{}">{}</time>').format(moment.isoformat(), shown)
+
+
+templates.env.filters["when"] = when
 STATUSES = (
     "received",
     "running",
@@ -194,14 +225,25 @@ async def rerun(request: Request) -> Response:
     return RedirectResponse(f"/console/executions/{started['execution']}", status_code=303)
 
 
+async def connection_names(request: Request) -> dict[str, str]:
+    """Each connection's name by its id (instances refer to connections by id)."""
+    return {c["id"]: c["name"] for c in await call(request, "GET", "/connections")}
+
+
 async def instances(request: Request) -> Response:
     """Every instance with its flows and state."""
-    return page(request, "instances.html", rows=await call(request, "GET", "/instances"))
+    rows = await call(request, "GET", "/instances")
+    return page(request, "instances.html", rows=rows, names=await connection_names(request))
 
 
 async def instance(request: Request) -> Response:
     """One instance: flows, trigger events and filter, webhook URLs, subscriptions."""
-    name = request.path_params["name"]
+    return await _instance_page(request, request.path_params["name"])
+
+
+async def _instance_page(
+    request: Request, name: str, status: int = 200, **context: Any
+) -> Response:
     try:
         row = await call(request, "GET", f"/instances/{name}")
     except ApiError as exc:
@@ -211,7 +253,17 @@ async def instance(request: Request) -> Response:
         for f in row["flows"]
     }
     samples = {f["name"]: sample_event(f) for f in row["flows"]}
-    return page(request, "instance.html", i=row, charts=charts, samples=samples)
+    names = await connection_names(request)
+    return page(
+        request,
+        "instance.html",
+        status,
+        i=row,
+        charts=charts,
+        samples=samples,
+        names=names,
+        **context,
+    )
 
 
 def sample_event(flow: dict[str, Any]) -> str:
@@ -288,8 +340,9 @@ async def instance_action(request: Request) -> Response:
     try:
         if action == "teardown":
             if form.get("confirm") != name:
+                # The instance's page again, the problem at the form, nothing lost.
                 message = f"Type the instance's name ({name}) to confirm the teardown."
-                return page(request, "error.html", 400, message=message)
+                return await _instance_page(request, name, 400, teardown_error=message)
             await call(request, "DELETE", f"/instances/{name}")
             return RedirectResponse("/console/instances", status_code=303)
         await call(request, "POST", f"/instances/{name}/{action}")
@@ -305,7 +358,9 @@ async def editor(request: Request) -> Response:
         text = EXAMPLE_INSTANCE
         if name:
             row = await call(request, "GET", f"/instances/{name}")
-            document = {"name": name, "connection": row["connection"], "flows": row["flows"]}
+            # The connection by its name, as a person wrote it (the API takes either).
+            connection = (await connection_names(request)).get(row["connection"], row["connection"])
+            document = {"name": name, "connection": connection, "flows": row["flows"]}
             text = yaml.safe_dump(document, sort_keys=False)
         return page(request, "editor.html", text=text, name=name, section="instances")
     form = await form_of(request)
@@ -331,6 +386,18 @@ async def editor(request: Request) -> Response:
         else:
             result = await call(request, "POST", "/instances", json=document)
     except ApiError as exc:
+        if exc.status == 409 and not name:
+            # The name is taken: offer to redeploy that instance with this text instead.
+            problem = {
+                "message": f"An instance named {target} exists already: redeploy it with "
+                "this YAML, or choose another name.",
+                "line": next(
+                    (n for n, line in enumerate(text.splitlines()) if line.startswith("name:")),
+                    None,
+                ),
+                "redeploy": target,
+            }
+            return _editor(request, text, name, problem)
         problem = {"message": exc.message, **locate_error(text, exc.details)}
         return _editor(request, text, name, problem)
     return page(request, "deployed.html", i=result, name=target, section="instances")
@@ -383,7 +450,9 @@ async def create_connection(request: Request) -> Response:
     form = await form_of(request)
     if isinstance(form, Response):
         return form
-    config = {k[3:]: _typed(v) for k, v in form.items() if k.startswith("in.") and v != ""}
+    spec = await call(request, "GET", "/component")
+    chosen = next((c for c in spec["connections"] if c["key"] == form.get("type")), None)
+    config = form_inputs(form, chosen["inputs"].get("properties") or {} if chosen else {})
     body = {"name": form.get("name", ""), "type": form.get("type", ""), "config": config}
     try:
         created = await call(request, "POST", "/connections", json=body)
@@ -417,6 +486,19 @@ async def component(request: Request) -> Response:
     return page(request, "component.html", spec=await call(request, "GET", "/component"))
 
 
+async def trigger(request: Request) -> Response:
+    """One webhook trigger: the events it selects from, its inputs, what a flow's steps
+    read as ``trigger``, and how a flow names it."""
+    spec = await call(request, "GET", "/component")
+    key = request.path_params["key"]
+    found = next((t for t in spec["triggers"] if t["key"] == key), None)
+    if found is None:
+        known = [t["key"] for t in spec["triggers"]]
+        message = f"No trigger '{key}'{did_you_mean(key, known)}."
+        return page(request, "error.html", 404, message=message)
+    return page(request, "trigger.html", section="component", t=found)
+
+
 async def action(request: Request) -> Response:
     """One action or data source: its inputs, examples, and a Try it form."""
     spec = await call(request, "GET", "/component")
@@ -432,7 +514,7 @@ async def action(request: Request) -> Response:
         if isinstance(form, Response):
             return form
         values = {k[3:]: v for k, v in form.items() if k.startswith("in.") and v != ""}
-        inputs = {k: _typed(v) for k, v in values.items()}
+        inputs = form_inputs(form, runnable["inputs"].get("properties") or {})
         body = {"action": key, "connection": form.get("connection") or None, "inputs": inputs}
         try:
             result = (await call(request, "POST", "/test-runs", json=body))["result"]
@@ -463,6 +545,51 @@ async def choices(request: Request) -> Response:
         found = {}
     listed = found.get("result") if isinstance(found, dict) else None
     return page(request, "choices.html", choices=listed if isinstance(listed, list) else [])
+
+
+def kind_of(schema: dict[str, Any]) -> str:
+    """Which form widget an input's JSON Schema gets: ``boolean`` (a checkbox),
+    ``integer`` (a number field), ``list`` (strings, one per line), ``choice`` (a pick
+    list), ``text``, or ``json`` (objects and anything else)."""
+    shapes = [s.get("type") for s in schema.get("anyOf", [])]
+    if shapes[:1] == ["boolean"]:
+        return "boolean"
+    if shapes[:1] == ["integer"]:
+        return "integer"
+    if shapes == ["string", "array"] and schema["anyOf"][1].get("items", {}).get("type") == (
+        "string"
+    ):
+        return "list"
+    if schema.get("enum"):
+        return "choice"
+    if schema.get("type") == "string":
+        return "text"
+    return "json"
+
+
+templates.env.globals["kind_of"] = kind_of
+
+
+def form_inputs(form: dict[str, str], schemas: dict[str, Any]) -> dict[str, Any]:
+    """The ``in.*`` fields of a form as input values, each read as its widget wrote it: a
+    checkbox's ``true``/``false``, a number, one string per line, JSON for the rest."""
+    values: dict[str, Any] = {}
+    for name, text in form.items():
+        if not name.startswith("in.") or text == "":
+            continue
+        key = name[3:]
+        kind = kind_of(schemas.get(key, {}))
+        if kind == "boolean":
+            values[key] = text == "true"
+        elif kind == "integer" and re.fullmatch(r"-?\d+", text.strip()):
+            values[key] = int(text)
+        elif kind == "list":
+            values[key] = [line.strip() for line in text.splitlines() if line.strip()]
+        elif kind == "json":
+            values[key] = _typed(text)
+        else:
+            values[key] = text
+    return values
 
 
 def _typed(value: str) -> Any:

@@ -4,8 +4,10 @@ instances, connections and the component browser's Try it; no page shows a secre
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -467,8 +469,15 @@ def test_a_scheduled_flow_shows_its_next_runs_and_runs_now_from_its_page(
     assert "Deployed weekday" in deployed.text, deployed.text
     pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
     page = console.get("/console/instances/weekday").text
-    runs = re.search(r'class="next-runs">([^<]+)<', page)
-    assert runs and runs.group(1).count("T09:00:00-0") == 3  # 09:00 New York time
+    runs = re.search(r'class="next-runs">(.*?)</dd>', page)
+    # 09:00 New York time, and said to be (EST or EDT), each a machine-readable instant.
+    assert (
+        runs
+        and len(
+            re.findall(r'datetime="[^"]+T09:00:00-0[45]:00">[^<]* 09:00:00 E[SD]T<', runs.group(1))
+        )
+        == 3
+    )
     assert "Webhook URL" not in page and 'name="event"' not in page
     ran = console.post("/console/instances/weekday/flows/morning/test", data={"csrf": csrf})
     assert ran.status_code == 303 and ran.headers["location"].startswith("/console/executions/")
@@ -498,3 +507,147 @@ def test_each_recipe_deploys_from_the_console_editor(
     deployed = console.post("/console/instances/new", data={"yaml": text, "csrf": csrf})
     name = text.split("\nname: ", 1)[1].split()[0]
     assert f"Deployed {name}" in deployed.text, deployed.text
+
+
+class Fields(HTMLParser):
+    """Each form field of a page by its name: its tag and attributes, as a browser
+    parses them (a quote left unescaped in an attribute would cut it short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, list[tuple[str, dict[str, str | None]]]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag in ("input", "textarea", "select") and found.get("name"):
+            self.fields.setdefault(str(found["name"]), []).append((tag, found))
+
+
+def fields_of(html: str) -> dict[str, list[tuple[str, dict[str, str | None]]]]:
+    parser = Fields()
+    parser.feed(html)
+    return parser.fields
+
+
+def test_try_it_has_a_widget_per_input_type_and_sends_typed_values(
+    console: TestClient, pd: respx.MockRouter
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    fields = fields_of(console.get("/console/component/listIncidents").text)
+    # A boolean: a hidden "false", then a checkbox that says "true" when ticked.
+    assert [(t, a["type"], a["value"]) for t, a in fields["in.fetchAll"]] == [
+        ("input", "hidden", "false"),
+        ("input", "checkbox", "true"),
+    ]
+    ((tag, limit),) = fields["in.limit"]
+    assert (tag, limit["type"], limit["min"], limit["placeholder"]) == (
+        "input",
+        "number",
+        "1",
+        "10",
+    )
+    ((tag, statuses),) = fields["in.statuses"]
+    assert tag == "textarea" and str(statuses["placeholder"]).startswith("one per line")
+    # JSON only where the input takes an object, its example whole in the placeholder.
+    fields = fields_of(console.get("/console/component/createIncident").text)
+    ((tag, body),) = fields["in.incident"]
+    assert tag == "textarea" and str(body["placeholder"]).startswith('JSON, e.g. {"incident": {')
+    assert str(body["placeholder"]).endswith("}}")
+    listed = pd.get(f"{REST}/incidents").respond(
+        json={"incidents": [], "limit": 5, "offset": 0, "more": False}
+    )
+    tried = console.post(
+        "/console/component/listIncidents",
+        data={
+            "csrf": csrf,
+            "connection": "ops",
+            "in.fetchAll": "false",
+            "in.limit": "5",
+            "in.statuses": "triggered\nacknowledged\n",
+        },
+    )
+    assert tried.status_code == 200 and 'id="try-result"' in tried.text, tried.text
+    sent = listed.calls.last.request.url.params
+    assert sent.get_list("statuses[]") == ["triggered", "acknowledged"]
+    assert sent["limit"] == "5"
+
+
+def test_connections_are_named_and_linked_and_times_are_read_as_people_read_them(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    created = make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    link = '<a href="/console/connections#connection-ops">ops</a>'
+    for path in ("/console/instances", "/console/instances/acme-oncall"):
+        shown = console.get(path).text
+        assert link in shown and created["id"] not in shown, path
+    assert 'id="connection-ops"' in console.get("/console/connections").text
+    # Redeploying starts from the YAML a person would write: the connection by name.
+    editor = console.get("/console/instances/acme-oncall/edit").text
+    assert "connection: ops\n" in editor and created["id"] not in editor
+    answer_incident(pd)
+    pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
+    assert deliver(console, subs, PATH, "t-1").status_code == 202
+    drain(console)
+    rows = console.get("/console/executions/rows").text
+    moment = re.search(
+        r'<time datetime="([^"]+)">(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC \(([^)]+)\)</time>', rows
+    )
+    assert moment, rows
+    assert moment.group(1).endswith("+00:00") and "ago" in moment.group(3)
+    assert "." not in moment.group(2)  # no microseconds for a person
+    record = console.get(re.search(r'href="(/console/executions/[^"]+)"', rows).group(1)).text
+    assert record.count(" UTC (") == 3  # received, started, finished
+
+
+def test_deploying_a_name_that_exists_offers_to_redeploy_it(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    changed = EXAMPLE_INSTANCE.replace("Investigating:", "Looking into:")
+    again = console.post("/console/instances/new", data={"yaml": changed, "csrf": csrf})
+    assert again.status_code == 200
+    assert "An instance named acme-oncall exists already" in again.text
+    assert "use PUT" not in again.text
+    assert 'formaction="/console/instances/acme-oncall/edit"' in again.text
+    flagged = re.search(r'id="flagged-line"[^>]*>(\d+)<', again.text)
+    assert flagged and int(flagged.group(1)) == 1  # the name's line
+    redeployed = console.post(
+        "/console/instances/acme-oncall/edit", data={"yaml": changed, "csrf": csrf}
+    )
+    assert redeployed.status_code == 200
+    flows = console.get("/api/instances/acme-oncall", headers=AUTH).json()["flows"]
+    assert "Looking into:" in json.dumps(flows)
+
+
+def test_a_wrong_teardown_confirmation_keeps_the_instance_page(
+    console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    wrong = console.post(
+        "/console/instances/acme-oncall/teardown", data={"csrf": csrf, "confirm": "acme"}
+    )
+    assert wrong.status_code == 400
+    assert 'id="teardown-error"' in wrong.text and "Type the instance&#39;s name" in wrong.text
+    assert "<h2>Flows</h2>" in wrong.text  # the page itself, not an error page
+    assert console.get("/api/instances/acme-oncall", headers=AUTH).status_code == 200
+    assert subs.subscriptions  # nothing was torn down
+
+
+def test_each_trigger_has_a_page(console: TestClient) -> None:
+    signed_in(console)
+    listing = console.get("/console/component").text
+    assert 'href="/console/component/triggers/incidentsTrigger"' in listing
+    shown = console.get("/console/component/triggers/incidentsTrigger")
+    assert shown.status_code == 200
+    assert "<code>incident.triggered</code>" in shown.text
+    assert "type: incidentsTrigger" in shown.text and 'id="trigger-output"' in shown.text
+    assert "<code>filterType</code>" in shown.text
+    missing = console.get("/console/component/triggers/incidentTrigger")
+    assert missing.status_code == 404 and "did you mean &#39;incidentsTrigger&#39;" in missing.text

@@ -189,6 +189,15 @@ def test_the_console_from_sign_in_to_a_retried_execution(
                 "() => document.documentElement.scrollWidth - window.innerWidth"
             )
             assert overflow <= 1, (path, overflow)
+        # Nor does the log hide columns in a sideways scroll: every row fits its box.
+        page.goto(f"{base}/console/executions")
+        hidden = page.evaluate(
+            "() => { const t = document.querySelector('table.executions');"
+            " return t.scrollWidth - t.parentElement.clientWidth; }"
+        )
+        assert hidden <= 1, hidden
+        expect(page.locator(f'tr[data-id="{failed}"] .status')).to_be_visible()
+        expect(page.locator(f'tr[data-id="{failed}"] td.clip')).to_be_in_viewport()
         visit(page, "phone")
         browser.close()
 
