@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from dbos import Queue
 
     from pagerduty_connector.runtime.engine import Engine
+    from pagerduty_connector.runtime.settings import RuntimeSettings
     from pagerduty_connector.runtime.store import Store
 
 log = get_logger("durable")
@@ -260,6 +261,7 @@ class Durable:
                 # How soon a replica sees a schedule deployed elsewhere (the schedule
                 # trigger); one small query per replica each time.
                 "scheduler_polling_interval_sec": SCHEDULE_POLL,
+                **tracing(settings),
             }
         )
         if not settings.runs_flows:
@@ -701,6 +703,28 @@ async def mark_started(execution_id: str) -> str:
     return started.isoformat()
 
 
+def tracing(settings: RuntimeSettings) -> dict[str, Any]:
+    """DBOS's configuration for OpenTelemetry: a span per run and per step, exported to
+    ``PDC_OTLP_TRACES_ENDPOINT`` (none when it is unset), named for this executor."""
+    if not settings.otlp_traces_endpoint:
+        return {}
+    return {
+        "enable_otlp": True,
+        "otlp_traces_endpoints": [settings.otlp_traces_endpoint],
+        "otlp_attributes": {"service.instance.id": settings.executor},
+    }
+
+
+def annotate(**attributes: str) -> None:
+    """Add ``attributes`` to the current run's or step's span, when runs are traced."""
+    engine = _engine
+    if engine is None or not engine.settings.otlp_traces_endpoint:
+        return
+    span = DBOS.span
+    for key, value in attributes.items():
+        span.set_attribute(key, value)
+
+
 def measured(label: Callable[..., str]) -> Callable[[StepBody], StepBody]:
     """Count each attempt a step body makes, and its time, in the metrics (``label``
     names its action from its arguments). Under the DBOS step: a resumed run that
@@ -710,6 +734,7 @@ def measured(label: Callable[..., str]) -> Callable[[StepBody], StepBody]:
         @functools.wraps(body)
         async def timed(*args: Any) -> dict[str, Any]:
             begun = time.perf_counter()
+            annotate(**{"pdc.action": label(*args), "pdc.execution": DBOS.workflow_id or ""})
             outcome = await body(*args)
             metrics.step_attempt(
                 label(*args),
@@ -1068,6 +1093,7 @@ async def run_execution() -> str:
             plan = {**plan, "flow": await retry_flow(execution_id) or plan["flow"]}
         started = plan.get("started") or await mark_started(execution_id)
         flow = Flow.model_validate(plan["flow"])
+        annotate(**{"pdc.instance": plan["instance"], "pdc.flow": flow.name})
         services = DurableServices(engine, plan, started)
         status, records = await run_flow(flow, engine.manifest, plan["trigger"], services)
     except Exception as exc:

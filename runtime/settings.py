@@ -52,6 +52,12 @@ class RuntimeSettings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="This process's name for DBOS: unique per replica, the same after a restart.",
     )
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP endpoint to export traces of runs and steps to "
+        "(e.g. http://collector:4318/v1/traces); needs the otel extra.",
+    )
     queue_polling_interval: float = Field(
         default=0.25,
         gt=0,
@@ -263,6 +269,14 @@ def load_settings(**overrides: object) -> RuntimeSettings:
             "generate one with: python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())'"
         ) from None
+    if settings.otlp_traces_endpoint:
+        try:
+            import opentelemetry.exporter.otlp.proto.http  # noqa: F401
+        except ImportError:
+            raise ConfigurationError(
+                "PDC_OTLP_TRACES_ENDPOINT needs OpenTelemetry: "
+                "pip install 'pagerduty-connector[otel]'"
+            ) from None
     register_secret(settings.admin_token)
     register_secret(settings.secret_key)
     return settings

@@ -3,10 +3,12 @@ the runtime listens on unless it is set, and a local one on another port is warn
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from pagerduty_connector.component.errors import ConfigurationError
 from pagerduty_connector.runtime.settings import load_settings
 
 
@@ -46,3 +48,16 @@ def test_a_set_public_url_is_kept_and_a_local_one_on_another_port_is_warned_of(
     assert "is this machine's port 80" in str(
         load_settings(data_dir=tmp_path, port=8001).public_url_mismatch()
     )
+
+
+def test_tracing_without_opentelemetry_installed_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = "http://127.0.0.1:4318/v1/traces"
+    assert load_settings(data_dir=tmp_path, otlp_traces_endpoint=endpoint).otlp_traces_endpoint
+    # As on an installation without the otel extra: the import fails.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http", None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'pagerduty-connector\[otel\]'"):
+        load_settings(data_dir=tmp_path, otlp_traces_endpoint=endpoint)
+    with pytest.raises(ConfigurationError, match="PDC_OTLP_TRACES_ENDPOINT"):
+        load_settings(data_dir=tmp_path, otlp_traces_endpoint="collector:4318")
