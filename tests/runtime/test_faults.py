@@ -321,7 +321,10 @@ def test_postgresql_restarted_mid_storm_under_two_replicas(tmp_path: Path) -> No
         pytest.skip("PostgreSQL binaries not installed")
     with running_postgres() as postgres, running(slow=("POST", "/notes", 0.2)) as pagerduty:
         database = asyncio.run(create_database(postgres.url, "storm"))
-        replicas = Replicas(tmp_path, _env(database, pagerduty, PDC_HEARTBEAT_INTERVAL="1"))
+        # Four runs of the flow at once per replica: what the bound on notes sent twice
+        # below counts on (the default, 32, would leave it to the machine's speed).
+        env = _env(database, pagerduty, PDC_HEARTBEAT_INTERVAL="1", PDC_FLOW_CONCURRENCY="4")
+        replicas = Replicas(tmp_path, env)
         try:
             clients = [replicas.start(name) for name in ("a", "b")]
             make_connection(clients[0])
