@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import multiprocessing
 import os
@@ -51,10 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from cryptography.fernet import Fernet
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.webhook_intake import _Connections
+from bench.webhook_intake import ADMIN, EVENT, _Connections, open_loop, runtime_env
 from pagerduty_connector.component.standin.server import (
     REQUESTS_PATH,
     SECRETS_PATH,
@@ -62,58 +62,25 @@ from pagerduty_connector.component.standin.server import (
     serve,
 )
 from pagerduty_connector.triggers.signature import sign
+from tests.support.runtime import FLOW as EXAMPLE_FLOW
 
 N8N_VERSION = "2.8.4"
 ID = "benchStorm0000001"  # the n8n workflow's id
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pdc-bench"
-ADMIN = "bench-admin-token"
+
 API_KEY = "u+bench"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-# The flow, in our language: what the n8n workflow and the bare DBOS workflow also do.
-FLOW = {
-    "name": "storm",
-    "trigger": {
-        "type": "incidentsTrigger",
-        "inputs": {
-            "events": ["incident.triggered"],
-            "webhookDescription": "bench",
-            "filterType": "account_reference",
-        },
-    },
-    "steps": [
-        {
-            "name": "incident",
-            "action": "getIncident",
-            "inputs": {"id": "{{ trigger.event.data.id }}"},
-        },
-        {
-            "name": "note",
-            "action": "createIncidentNote",
-            "inputs": {
-                "id": "{{ steps.incident.data.incident.id }}",
-                "note": "{{ trigger.event.id }}",
-            },
-        },
-    ],
-}
+# The flow, in our language: what the n8n workflow and the bare DBOS workflow also do:
+# the tests' example flow (read the incident, post a note), the note quoting the
+# delivery's event id, so each delivery's note is found at the stand-in.
+FLOW = copy.deepcopy(EXAMPLE_FLOW) | {"name": "storm"}
+FLOW["steps"][1]["inputs"]["note"] = "{{ trigger.event.id }}"
 
 
 def event(event_id: str) -> bytes:
     """A delivery's body: ``incident.triggered`` whose event id names the delivery."""
-    return json.dumps(
-        {
-            "event": {
-                "id": event_id,
-                "event_type": "incident.triggered",
-                "resource_type": "incident",
-                "occurred_at": "2026-11-24T10:30:00.000Z",
-                "agent": None,
-                "client": None,
-                "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
-            }
-        }
-    ).encode()
+    return json.dumps({"event": {**EVENT["event"], "id": event_id}}).encode()
 
 
 # -- process trees ---------------------------------------------------------------------
@@ -248,14 +215,7 @@ def _wait_http(url: str, what: str, process: subprocess.Popen[bytes], seconds: f
 def start_pdc(pagerduty_url: str, data: str, database_url: str | None) -> Server:
     """``pdc serve`` with default settings, a connection and the flow deployed."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PDC_DATA_DIR": data,
-        "PDC_ADMIN_TOKEN": ADMIN,
-        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
-        "PAGERDUTY_API_URL": pagerduty_url,
-        "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
-    }
+    env = runtime_env(data, pagerduty_url)
     if database_url:
         env["PDC_DATABASE_URL"] = database_url
     command = [sys.executable, "-m", "pagerduty_connector.runtime.cli", "serve"]
@@ -525,16 +485,7 @@ async def _deliver(server: Server, rate: int, seconds: float, prefix: str) -> tu
         else:
             refused += 1
 
-    start = time.time() + 0.1
-    tasks = []
-    try:
-        for n in range(int(rate * seconds)):
-            at = start + n / rate
-            await asyncio.sleep(max(0.0, at - time.time()))
-            tasks.append(asyncio.create_task(one(n, at)))
-        await asyncio.gather(*tasks)
-    finally:
-        connections.close()
+    start = await open_loop(connections, int(rate * seconds), rate, one, time.time)
     return start, due, answered, refused, last
 
 

@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 from urllib.parse import urlsplit
@@ -118,6 +119,20 @@ def _flow(name: str, events: list[str]) -> dict[str, Any]:
                 "inputs": {"id": "{{ trigger.event.data.id }}"},
             }
         ],
+    }
+
+
+def runtime_env(data: str, pagerduty_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``pdc serve`` under benchmark: its data in ``data``, a fresh
+    key, the stand-in for PagerDuty and no request budget (the stand-in keeps none)."""
+    return {
+        **os.environ,
+        "PDC_DATA_DIR": data,
+        "PDC_ADMIN_TOKEN": ADMIN,
+        "PDC_SECRET_KEY": Fernet.generate_key().decode(),
+        "PAGERDUTY_API_URL": pagerduty_url,
+        "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
+        **extra,
     }
 
 
@@ -287,17 +302,31 @@ async def _fixed_rate(
         if status != 202:
             raise SystemExit(f"{url} answered {status}: {content.decode(errors='replace')}")
 
-    start = time.perf_counter() + 0.1
+    await open_loop(connections, rate * (warm_up + seconds), rate, one, time.perf_counter)
+    return latencies
+
+
+async def open_loop(
+    connections: _Connections,
+    count: int,
+    rate: float,
+    one: Callable[[int, float], Awaitable[None]],
+    clock: Callable[[], float],
+) -> float:
+    """Open loop: start ``one(n, due)`` for each of ``count`` requests, the n-th due at
+    ``rate`` per second by ``clock`` whether or not the ones before were answered; then
+    close the connections. When the first was due."""
+    start = clock() + 0.1
     tasks = []
     try:
-        for n in range(rate * (warm_up + seconds)):
+        for n in range(count):
             due = start + n / rate
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await asyncio.sleep(max(0.0, due - clock()))
             tasks.append(asyncio.create_task(one(n, due)))
         await asyncio.gather(*tasks)
     finally:
         connections.close()
-    return latencies
+    return start
 
 
 def _during_slow_deploy(
@@ -392,15 +421,7 @@ def main() -> None:
     with ExitStack() as stack:
         stack.callback(pagerduty.terminate)
         data = stack.enter_context(tempfile.TemporaryDirectory())
-        env = {
-            **os.environ,
-            "PDC_DATA_DIR": data,
-            "PDC_ADMIN_TOKEN": ADMIN,
-            "PDC_SECRET_KEY": Fernet.generate_key().decode(),
-            "PAGERDUTY_API_URL": pagerduty_url,
-            "PAGERDUTY_REQUESTS_PER_MINUTE": "0",
-            "PDC_FLOW_CONCURRENCY": "32",
-        }
+        env = runtime_env(data, pagerduty_url, PDC_FLOW_CONCURRENCY="32")
         if args.database == "postgresql":
             from tests.support.postgres import postgres_server
 

@@ -19,8 +19,10 @@ deliveries the way PagerDuty would; ``POST /_mock/hold`` with ``{"method", "path
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -85,8 +87,39 @@ class LocalPagerDuty(ThreadingHTTPServer):
         self.failures: list[dict[str, Any]] = []  # ``POST /_mock/fail``: answers to force
         self.subscriptions = FakeSubscriptions()
         self._lock = threading.Lock()
+        self.open: set[socket.socket] = set()
         self._hold_next: dict[tuple[str, str], float] = {}
         self._seen: set[tuple[str, str]] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve a connection on a thread of its own, kept in ``open`` until it closes."""
+        with self._lock:
+            self.open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Close a connection, and forget it."""
+        with self._lock:
+            self.open.discard(request)
+        super().shutdown_request(request)
+
+    def go_away(self) -> None:
+        """Stop as a PagerDuty that went away does: no new connection is taken, and
+        the open ones (kept alive by clients) are cut, not served on."""
+        self.shutdown()
+        self.server_close()
+        with self._lock:
+            cut = list(self.open)
+        for connection in cut:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone before its answer (a killed runtime, a timed-out request) is
+        not the stand-in's error: nothing is printed for it; anything else is."""
+        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -72,38 +72,32 @@ def invalid(*errors: str) -> Answer:
     return error(400, "Invalid Input Provided", *errors)
 
 
+def _item(kind: str, item_id: str, name: str, **fields: Any) -> dict[str, Any]:
+    """A whole user, service or priority: its reference, its type and name, and more."""
+    return {**reference(kind, item_id, name), "type": kind, "name": name, **fields}
+
+
 def _user(user_id: str) -> dict[str, Any]:
     name, email = USERS[user_id]
-    return {
-        **reference("user", user_id, name),
-        "type": "user",
-        "name": name,
-        "email": email,
-        "time_zone": "Europe/London",
-        "role": "admin",
-    }
+    return _item("user", user_id, name, email=email, time_zone="Europe/London", role="admin")
 
 
 def _service(service_id: str) -> dict[str, Any]:
-    return {
-        **reference("service", service_id, SERVICES[service_id]),
-        "type": "service",
-        "name": SERVICES[service_id],
-        "description": f"{SERVICES[service_id]}, as the stand-in has it",
-        "status": "active",
-        "escalation_policy": reference("escalation_policy", *POLICY),
-        "created_at": "2026-01-01T00:00:00Z",
-        "alert_creation": "create_alerts_and_incidents",
-    }
+    name = SERVICES[service_id]
+    return _item(
+        "service",
+        service_id,
+        name,
+        description=f"{name}, as the stand-in has it",
+        status="active",
+        escalation_policy=reference("escalation_policy", *POLICY),
+        created_at="2026-01-01T00:00:00Z",
+        alert_creation="create_alerts_and_incidents",
+    )
 
 
 def _priority(priority_id: str) -> dict[str, Any]:
-    return {
-        **reference("priority", priority_id, PRIORITIES[priority_id]),
-        "type": "priority",
-        "name": PRIORITIES[priority_id],
-        "description": "",
-    }
+    return _item("priority", priority_id, PRIORITIES[priority_id], description="")
 
 
 def _page(items: list[Any], key: str, query: dict[str, list[str]]) -> dict[str, Any]:

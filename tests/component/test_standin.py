@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -289,3 +290,20 @@ async def test_every_action_is_answered_as_the_openapi_document_says(manifest: M
                 )
                 as_pagerduty.request = moved
                 validate_response(as_pagerduty)
+
+
+def test_a_client_gone_before_its_answer_prints_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A runtime killed while the stand-in holds its request: no traceback on the
+    stand-in's console (``pdc mock``'s, or a test's output)."""
+    with running(hold=("GET", "/incidents/Q1", 0.3)) as pagerduty:
+        host, port = pagerduty.server_address[:2]
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(b"GET /incidents/Q1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        time.sleep(0.6)  # the held answer meets a reset connection
+        assert httpx2.get(f"{pagerduty.url}/abilities").status_code == 200
+    assert "Traceback" not in capsys.readouterr().err

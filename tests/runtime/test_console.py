@@ -86,6 +86,15 @@ def signed_in(console: TestClient) -> str:
     return csrf_of(console.get("/console/executions").text)
 
 
+def with_example_deployed(console: TestClient) -> str:
+    """Sign in, create the connection ``ops`` and deploy the editor's example from the
+    editor; the session's CSRF token."""
+    csrf = signed_in(console)
+    make_connection(as_admin(console))
+    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    return csrf
+
+
 def assert_no_secret(html: str) -> None:
     for secret in (API_KEY, ADMIN):
         assert secret not in html
@@ -256,9 +265,7 @@ def test_the_execution_log_and_page_with_retry_and_no_secret(
 def test_instances_enable_disable_and_teardown_with_confirmation(
     console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    csrf = signed_in(console)
-    make_connection(as_admin(console))
-    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    csrf = with_example_deployed(console)
     page = console.get("/console/instances/acme-oncall").text
     (held,) = subs.subscriptions
     assert held in page  # the subscription's PagerDuty id
@@ -339,9 +346,7 @@ def test_try_an_action_and_rotate_a_key(console: TestClient, pd: respx.MockRoute
 def test_a_flow_runs_with_a_sample_event_from_its_instance_page(
     console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    csrf = signed_in(console)
-    make_connection(as_admin(console))
-    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    csrf = with_example_deployed(console)
     answer_incident(pd)
     pd.post(f"{REST}/incidents/Q1P5/notes").respond(201, json={"note": {"id": "N1"}})
     page = console.get("/console/instances/acme-oncall").text
@@ -605,9 +610,7 @@ def test_connections_are_named_and_linked_and_times_are_read_as_people_read_them
 def test_deploying_a_name_that_exists_offers_to_redeploy_it(
     console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    csrf = signed_in(console)
-    make_connection(as_admin(console))
-    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    csrf = with_example_deployed(console)
     changed = EXAMPLE_INSTANCE.replace("Investigating:", "Looking into:")
     again = console.post("/console/instances/new", data={"yaml": changed, "csrf": csrf})
     assert again.status_code == 200
@@ -627,9 +630,7 @@ def test_deploying_a_name_that_exists_offers_to_redeploy_it(
 def test_a_wrong_teardown_confirmation_keeps_the_instance_page(
     console: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
 ) -> None:
-    csrf = signed_in(console)
-    make_connection(as_admin(console))
-    console.post("/console/instances/new", data={"yaml": EXAMPLE_INSTANCE, "csrf": csrf})
+    csrf = with_example_deployed(console)
     wrong = console.post(
         "/console/instances/acme-oncall/teardown", data={"csrf": csrf, "confirm": "acme"}
     )

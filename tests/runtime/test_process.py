@@ -6,7 +6,6 @@ die with it."""
 from __future__ import annotations
 
 import copy
-import json
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -16,11 +15,13 @@ import httpx2
 import pytest
 
 from pagerduty_connector.component.standin.server import LocalPagerDuty, free_port, running
-from pagerduty_connector.triggers.signature import sign
 from tests.support.processes import (
+    admin_client,
     alive,
     assert_finished_steps_sent_once,
     child_pids,
+    deliver_signed,
+    deploy_acme_at,
     finished,
     pdc_serve,
     scraped,
@@ -28,7 +29,7 @@ from tests.support.processes import (
     start_a_three_step_run,
     wait_until,
 )
-from tests.support.runtime import EVENT, FLOW, make_connection
+from tests.support.runtime import EVENT
 
 ADMIN = "process-admin-token-7788"
 API_KEY = "u+PROCESS-key-1234"
@@ -115,31 +116,17 @@ def test_sigterm_with_50_runs_in_flight_sends_nothing_twice(tmp_path: Path, work
             "PDC_FLOW_CONCURRENCY": "64",  # every run at once: 50 in flight at the signal
         }
         logs = tmp_path / "server.log"
-        api = httpx2.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=10,
-        )
+        api = admin_client(port, ADMIN)
         server = pdc_serve(env, logs)
         try:
             wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
-            make_connection(api, API_KEY)
-            deployed = api.post(
-                "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-            )
-            assert deployed.status_code == 201, deployed.text
-            (secret,) = pagerduty.subscriptions.secrets.values()
+            secret = deploy_acme_at(api, pagerduty)
             executions = []
             for n in range(runs):
                 event = copy.deepcopy(EVENT)
                 event["event"]["data"]["id"] = f"INC{n:03d}"
                 event["event"]["id"] = f"ev-{n}"
-                body = json.dumps(event).encode()
-                answer = api.post(
-                    "/webhooks/acme/on-incident",
-                    content=body,
-                    headers={"X-Webhook-Id": f"d{n}", "X-PagerDuty-Signature": sign(body, secret)},
-                )
+                answer = deliver_signed(api, secret, f"d{n}", event)
                 assert answer.status_code == 202, answer.text
                 executions.append(answer.json()["execution"])
 

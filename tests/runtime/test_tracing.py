@@ -5,19 +5,23 @@ its own: a tracer provider, once set, is the process's for good."""
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from pagerduty_connector.component.standin.server import free_port, running
-from pagerduty_connector.triggers.signature import sign
-from tests.support.processes import finished, pdc_serve, serve_env, wait_until
+from tests.support.processes import (
+    admin_client,
+    deliver_signed,
+    deploy_acme_at,
+    finished,
+    pdc_serve,
+    serve_env,
+    wait_until,
+)
 from tests.support.receiver import Slack
-from tests.support.runtime import API_KEY, EVENT, FLOW, make_connection
+from tests.support.runtime import API_KEY
 
 ADMIN = "tracing-admin-token-5150"
 
@@ -53,26 +57,11 @@ def test_runs_and_steps_are_traced_to_an_otlp_collector(tmp_path: Path, slack: S
             "OTEL_BSP_SCHEDULE_DELAY": "200",  # export every 0.2 s, not every 5 s
         }
         server = pdc_serve(env, tmp_path / "server.log")
-        api = httpx2.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=10,
-        )
+        api = admin_client(port, ADMIN)
         try:
             wait_until(lambda: api.get("/health").status_code == 200, 30, "the server to start")
-            make_connection(api, API_KEY)
-            deployed = api.post(
-                "/api/instances", json={"name": "acme", "connection": "ops", "flows": [FLOW]}
-            )
-            assert deployed.status_code == 201, deployed.text
-            (secret,) = pagerduty.subscriptions.secrets.values()
-            event = copy.deepcopy(EVENT)
-            body = json.dumps(event).encode()
-            answer = api.post(
-                "/webhooks/acme/on-incident",
-                content=body,
-                headers={"X-Webhook-Id": "traced-1", "X-PagerDuty-Signature": sign(body, secret)},
-            )
+            secret = deploy_acme_at(api, pagerduty)
+            answer = deliver_signed(api, secret, "traced-1")
             assert answer.status_code == 202, answer.text
             execution = answer.json()["execution"]
             assert finished(api, execution, "the traced run")["status"] == "succeeded"

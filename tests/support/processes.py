@@ -49,26 +49,54 @@ def finished(api: httpx2.Client, execution_id: str, what: str = "the execution t
 THIRD_STEP = ("GET", "/incidents")  # the stand-in holds it, so a process can be killed there
 
 
+def admin_client(port: int, admin: str) -> httpx2.Client:
+    """The management API of a ``pdc serve`` on ``port``, as the admin. It never reuses a
+    kept-alive connection past 1 s, under the server's 5 s: a POST on one the server is
+    closing would end "Server disconnected" on a loaded machine."""
+    return httpx2.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        headers={"Authorization": f"Bearer {admin}"},
+        timeout=10,
+        limits=httpx2.Limits(keepalive_expiry=1.0),
+    )
+
+
+def deploy_acme_at(
+    api: httpx2.Client, pagerduty: LocalPagerDuty, flow: dict[str, Any] = FLOW, key: str = API_KEY
+) -> str:
+    """Create the connection ``ops`` (API key ``key``) and deploy ``acme`` with ``flow``
+    on a running server; the signing secret of the subscription the stand-in made."""
+    make_connection(api, key)
+    deployed = api.post(
+        "/api/instances", json={"name": "acme", "connection": "ops", "flows": [flow]}
+    )
+    assert deployed.status_code == 201, deployed.text
+    (secret,) = pagerduty.subscriptions.secrets.values()
+    return str(secret)
+
+
+def deliver_signed(
+    api: httpx2.Client,
+    secret: str,
+    webhook_id: str,
+    event: dict[str, Any] = EVENT,
+    path: str = "/webhooks/acme/on-incident",
+) -> httpx2.Response:
+    """Post ``event`` to ``path`` signed with ``secret``, as PagerDuty would."""
+    body = json.dumps(event).encode()
+    headers = {"X-Webhook-Id": webhook_id, "X-PagerDuty-Signature": sign(body, secret)}
+    return api.post(path, content=body, headers=headers)
+
+
 def start_a_three_step_run(
     api: httpx2.Client, pagerduty: LocalPagerDuty, webhook_id: str, key: str = API_KEY
 ) -> str:
     """Create the connection (API key ``key``), deploy ``acme`` with the example flow plus
     a third step (``listIncidents``), deliver one signed event and wait until the run
     reaches the third step; return the execution id."""
-    make_connection(api, key)
     steps = [*FLOW["steps"], {"name": "others", "action": "listIncidents"}]
-    deployed = api.post(
-        "/api/instances",
-        json={"name": "acme", "connection": "ops", "flows": [{**FLOW, "steps": steps}]},
-    )
-    assert deployed.status_code == 201, deployed.text
-    (secret,) = pagerduty.subscriptions.secrets.values()
-    body = json.dumps(EVENT).encode()
-    answer = api.post(
-        "/webhooks/acme/on-incident",
-        content=body,
-        headers={"X-Webhook-Id": webhook_id, "X-PagerDuty-Signature": sign(body, secret)},
-    )
+    secret = deploy_acme_at(api, pagerduty, {**FLOW, "steps": steps}, key)
+    answer = deliver_signed(api, secret, webhook_id)
     assert answer.status_code == 202, answer.text
     wait_until(lambda: THIRD_STEP in pagerduty.requests, 30, "the third step")
     return str(answer.json()["execution"])
