@@ -646,9 +646,14 @@ async def load_plan(execution_id: str) -> dict[str, Any] | None:
     run keeps the first start and no step of its own is spent on it."""
     engine = current()
 
-    async def read() -> ExecutionRow | None:
-        async with engine.store.session() as db:
-            return await db.get(ExecutionRow, execution_id)
+    async def read() -> Any:
+        # Only what the plan needs, not the row (its body, headers and steps as JSON):
+        # a tenth of the run's own reading, measured with bench/flow_throughput.py.
+        query = select(ExecutionRow.instance_id, ExecutionRow.flow, ExecutionRow.trigger).where(
+            ExecutionRow.id == execution_id
+        )
+        async with engine.store.engine.connect() as connection:
+            return (await connection.execute(query)).one_or_none()
 
     execution = await patiently(read, f"execution {execution_id}")
     # The instance as intake sees it (the cache every delivery reads, dropped on every
