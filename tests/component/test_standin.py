@@ -188,6 +188,11 @@ def test_failures_are_injected_on_demand(account: httpx2.Client) -> None:
     assert first.status_code == second.status_code == 429
     assert first.headers["ratelimit-reset"] == "1"
     assert account.get("/incidents/Q1P5").status_code == 200
+    # The list too (served from its cache of encoded pages otherwise), once.
+    once = {"method": "GET", "path": "/incidents", "status": 500}
+    assert account.post(FAIL_PATH, json=once).status_code == 204
+    assert account.get("/incidents").status_code == 500
+    assert account.get("/incidents").status_code == 200
 
 
 # PagerDuty's example ids (in the manifest's input examples) as the stand-in's account
