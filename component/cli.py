@@ -351,8 +351,7 @@ def run(key: str, inputs_json: str | None, input_: tuple[str, ...]) -> None:
     try:
         manifest.runnable(key)
     except KeyError:
-        known = [i.key for i in (*manifest.actions, *manifest.dataSources)]
-        hint = did_you_mean(key, known) or " (see `pdc actions`)"
+        hint = did_you_mean(key, manifest.runnable_keys()) or " (see `pdc actions`)"
         raise fail(f"no action or data source has the key '{key}'{hint}") from None
     values = parse_inputs(inputs_json, list(input_))
     import asyncio

@@ -302,6 +302,10 @@ class Manifest(_Strict):
                 return item
         raise KeyError(key)
 
+    def runnable_keys(self) -> list[str]:
+        """The keys ``runnable`` accepts: every action's and data source's."""
+        return [item.key for item in (*self.actions, *self.dataSources)]
+
     def trigger(self, key: str) -> Trigger | None:
         """Return the webhook trigger named ``key``, if there is one."""
         return next((t for t in self.triggers if t.key == key), None)

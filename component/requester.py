@@ -155,8 +155,7 @@ async def run_step(ctx: StepContext, key: str, raw_inputs: Mapping[str, Any]) ->
     try:
         item = ctx.manifest.runnable(key)
     except KeyError:
-        known = [i.key for i in (*ctx.manifest.actions, *ctx.manifest.dataSources)]
-        hint = did_you_mean(key, known)
+        hint = did_you_mean(key, ctx.manifest.runnable_keys())
         raise InputError(key, None, f"no action or data source has this key{hint}") from None
     inputs = clean_inputs(key, item.inputs, raw_inputs)
     if isinstance(item, DataSource):

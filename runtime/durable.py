@@ -738,11 +738,11 @@ def measured(label: Callable[..., str]) -> Callable[[StepBody], StepBody]:
     def wrap(body: StepBody) -> StepBody:
         @functools.wraps(body)
         async def timed(*args: Any) -> dict[str, Any]:
-            begun = time.perf_counter()
-            annotate(**{"pdc.action": label(*args), "pdc.execution": DBOS.workflow_id or ""})
+            begun, action = time.perf_counter(), label(*args)
+            annotate(**{"pdc.action": action, "pdc.execution": DBOS.workflow_id or ""})
             outcome = await body(*args)
             metrics.step_attempt(
-                label(*args),
+                action,
                 time.perf_counter() - begun,
                 outcome["ok"],
                 outcome.get("retryable", False),

@@ -88,6 +88,13 @@ def parse(model: type[ModelT], body: dict[str, Any]) -> ModelT:
 NEAREST_OF = 1000
 
 
+async def nearest(db: AsyncSession, column: Any, name: str) -> str:
+    """``did_you_mean``'s hint for ``name`` among the values of ``column`` (names people
+    gave: instances, connections), or ``""``."""
+    names = (await db.execute(select(column).limit(NEAREST_OF))).scalars()
+    return did_you_mean(name, names)
+
+
 async def row_or_404(
     db: AsyncSession, model: type[RowT], key: str, what: str, *, suggest: bool = True
 ) -> RowT:
@@ -95,11 +102,8 @@ async def row_or_404(
     with ``suggest`` (rows named by people, not generated ids), the nearest name."""
     row = await db.get(model, key)
     if row is None:
-        hint = ""
-        if suggest:
-            column = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
-            names = (await db.execute(select(column).limit(NEAREST_OF))).scalars()
-            hint = did_you_mean(key, names)
+        column = model.__mapper__.primary_key[0]  # type: ignore[attr-defined]
+        hint = await nearest(db, column, key) if suggest else ""
         raise HTTPException(404, f"no {what} '{key}'{hint}")
     return row
 

@@ -28,7 +28,7 @@ from pagerduty_connector.runtime.consent import consent_url
 from pagerduty_connector.runtime.deploy import credentials_of
 from pagerduty_connector.runtime.engine import Engine
 from pagerduty_connector.runtime.flows import Flow
-from pagerduty_connector.runtime.http import NEAREST_OF, engine_of, json_body, listed, parse
+from pagerduty_connector.runtime.http import engine_of, json_body, listed, nearest, parse
 from pagerduty_connector.runtime.outbound import CREDENTIAL_TYPES
 from pagerduty_connector.runtime.store import (
     ConnectionRow,
@@ -138,8 +138,8 @@ async def find_connection(engine: Engine, ref: str) -> ConnectionRow:
             query = select(ConnectionRow).where(ConnectionRow.name == ref)
             row = (await db.execute(query)).scalar_one_or_none()
         if row is None:
-            names = (await db.execute(select(ConnectionRow.name).limit(NEAREST_OF))).scalars()
-            raise HTTPException(404, f"no connection '{ref}'{did_you_mean(ref, names)}")
+            hint = await nearest(db, ConnectionRow.name, ref)
+            raise HTTPException(404, f"no connection '{ref}'{hint}")
     return row
 
 

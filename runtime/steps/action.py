@@ -36,8 +36,7 @@ class ActionStep(StepModel):
         try:
             item = manifest.runnable(self.action)
         except KeyError:
-            known = [a.key for a in (*manifest.actions, *manifest.dataSources)]
-            hint = did_you_mean(self.action, known)
+            hint = did_you_mean(self.action, manifest.runnable_keys())
             raise InputError(
                 owner, "action", f"unknown action '{self.action}'{hint} (pdc actions lists them)"
             ) from None

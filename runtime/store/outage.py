@@ -21,7 +21,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from pagerduty_connector.component.redact import get_logger
@@ -84,15 +84,24 @@ def _driver_outages() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, each once: the driver's exception SQLAlchemy wraps
+    (``orig``), or the one it was raised from."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        nested = getattr(current, "orig", None)
+        current = nested if isinstance(nested, BaseException) else current.__cause__
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says the database is away, not that the
     statement was wrong."""
     from sqlalchemy import exc as sa
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(exc):
         if isinstance(current, sa.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, sa.OperationalError | sa.InterfaceError | sa.TimeoutError):
@@ -103,8 +112,6 @@ def unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, sqlite3.OperationalError):
             return any(sign in str(current).lower() for sign in _SQLITE_OUTAGES)
-        nested = getattr(current, "orig", None)
-        current = nested if isinstance(nested, BaseException) else current.__cause__
     return False
 
 
@@ -116,16 +123,10 @@ _REFUSALS = ("28", "3D000", "42501")
 def refused(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says the database refused this user, password
     or database name (not an outage: waiting will not help)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        state = getattr(current, "sqlstate", None)
-        if isinstance(state, str) and state.startswith(_REFUSALS):
-            return True
-        nested = getattr(current, "orig", None)
-        current = nested if isinstance(nested, BaseException) else current.__cause__
-    return False
+    return any(
+        isinstance(state := getattr(current, "sqlstate", None), str) and state.startswith(_REFUSALS)
+        for current in _causes(exc)
+    )
 
 
 async def patiently(call: Callable[[], Awaitable[T]], what: str, limit: float = PATIENCE) -> T:
