@@ -45,6 +45,7 @@ from sqlalchemy.engine import make_url
 from pagerduty_connector.component.errors import ComponentError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, redact
 from pagerduty_connector.runtime import dbos_internals, metrics
+from pagerduty_connector.runtime.checkpoints import Checkpoints, step_id
 from pagerduty_connector.runtime.logs import throttle
 from pagerduty_connector.runtime.store import (
     ExecutionRow,
@@ -227,6 +228,7 @@ class Durable:
         self.queue: Queue | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._checkpoints: Any = None
+        self.checkpoints: Checkpoints | None = None
         # The runs going on in this process now (their workflow ids), and those of them
         # that a stop need not wait for: at a step boundary, or asleep between tries.
         self.live: set[str] = set()
@@ -246,6 +248,8 @@ class Durable:
         dbos_internals.check()
         url = system_database_url(settings.resolved_database_url())
         self._checkpoints = checkpoint_engine(url)
+        serializer = SealedSerializer(settings.secret_key or "")
+        self.checkpoints = Checkpoints(serializer, traced=bool(settings.otlp_traces_endpoint))
         DBOS(
             config={
                 "name": "pagerduty-connector",
@@ -253,7 +257,7 @@ class Durable:
                 "system_database_engine": self._checkpoints,
                 "executor_id": settings.executor,
                 "application_version": APPLICATION_VERSION,
-                "serializer": SealedSerializer(settings.secret_key or ""),
+                "serializer": serializer,
                 "log_level": "WARNING",
                 # On SQLite DBOS polls for notifications; its stop waits for one poll,
                 # which by default is a second.
@@ -344,6 +348,13 @@ class Durable:
                 len(busy),
                 grace,
             )
+
+    def forget(self, workflow_id: str) -> None:
+        """A run here has ended or stopped: it is no longer live, parked or read."""
+        self.live.discard(workflow_id)
+        self.parked.discard(workflow_id)
+        if self.checkpoints is not None:
+            self.checkpoints.forget(workflow_id)
 
     async def between_steps(self, execution_id: str) -> None:
         """Return at once, unless the process is stopping: then wait here, at a checkpoint,
@@ -639,7 +650,23 @@ def retryable(error: ComponentError, method: str | None) -> bool:
     return sent_safely and (error.status is None or error.status >= 500)
 
 
-@DBOS.step(name=PLAN_STEP)
+def checkpointed(name: str) -> Callable[[StepBody], StepBody]:
+    """The body as the workflow's next DBOS step ``name``, its checkpoint read and
+    written in batches with the other runs' (``runtime/checkpoints.py``)."""
+
+    def wrap(body: StepBody) -> StepBody:
+        @functools.wraps(body)
+        async def step(*args: Any) -> Any:
+            checkpoints = current().durable.checkpoints
+            assert checkpoints is not None
+            return await checkpoints.step(name, body, *args)
+
+        return step
+
+    return wrap
+
+
+@checkpointed(PLAN_STEP)
 async def load_plan(execution_id: str) -> dict[str, Any] | None:
     """What the execution runs (its trigger output and the flow as it is now), and when it
     started: the run is recorded as running here, in the same checkpoint, so a resumed
@@ -754,7 +781,7 @@ def measured(label: Callable[..., str]) -> Callable[[StepBody], StepBody]:
     return wrap
 
 
-@DBOS.step(name="pdc.action")
+@checkpointed("pdc.action")
 @measured(lambda _connection, action, *_: action)
 async def call_action(
     connection_id: str | None, action: str, inputs: dict[str, Any], urls: dict[str, str]
@@ -777,7 +804,7 @@ async def call_action(
         # A fault of ours: the step fails, with why, and is not retried.
         log.exception("step %s of execution %s failed unexpectedly", action, DBOS.workflow_id)
         return _failed(f"unexpected error: {type(exc).__name__}: {exc}", False)
-    return {"ok": True, "result": result, "checkpoint": DBOS.step_id, "at": now().isoformat()}
+    return {"ok": True, "result": result, "checkpoint": step_id(), "at": now().isoformat()}
 
 
 def _failed(error: str, retry: bool) -> dict[str, Any]:
@@ -786,7 +813,7 @@ def _failed(error: str, retry: bool) -> dict[str, Any]:
         "ok": False,
         "error": redact(error),
         "retryable": retry,
-        "checkpoint": DBOS.step_id,
+        "checkpoint": step_id(),
         "at": now().isoformat(),
     }
 
@@ -950,8 +977,7 @@ async def run_loop_item(
             raise RunSuspended(me) from None
         raise
     finally:
-        engine.durable.live.discard(me)
-        engine.durable.parked.discard(me)
+        engine.durable.forget(me)
 
 
 @DBOS.step(name="pdc.item")
@@ -976,7 +1002,7 @@ async def item_result(child: str, execution_id: str) -> dict[str, Any]:
     return {
         "result": result,
         "workflow": child,
-        "checkpoint": DBOS.step_id,
+        "checkpoint": step_id(),
         "at": now().isoformat(),
     }
 
@@ -999,7 +1025,7 @@ async def _renewed(child: str, execution_id: str) -> str:
     return again
 
 
-@DBOS.step(name="pdc.http")
+@checkpointed("pdc.http")
 @measured(lambda _request: "http")
 async def http_call(request: dict[str, Any]) -> dict[str, Any]:
     """One attempt of an http step's request (``runtime/outbound.py``), with its
@@ -1028,7 +1054,7 @@ async def http_call(request: dict[str, Any]) -> dict[str, Any]:
             return _failed(f"the database was unavailable: {why(exc)}", True)
         log.exception("http step of execution %s failed unexpectedly", DBOS.workflow_id)
         return _failed(f"unexpected error: {type(exc).__name__}: {exc}", False)
-    return {"ok": True, "result": answer, "checkpoint": DBOS.step_id, "at": now().isoformat()}
+    return {"ok": True, "result": answer, "checkpoint": step_id(), "at": now().isoformat()}
 
 
 @DBOS.step(name="pdc.state")
@@ -1113,7 +1139,6 @@ async def run_execution() -> str:
         await engine.finish(execution_id, "failed", error=error)
         return "failed"
     finally:
-        engine.durable.live.discard(execution_id)
-        engine.durable.parked.discard(execution_id)
+        engine.durable.forget(execution_id)
     await engine.finish(execution_id, status, steps=records)
     return status

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from dbos import DBOSClient, _core, _dbos, _utils
+from dbos import DBOSClient, _core, _dbos, _sys_db, _utils, error
+from dbos._schemas.system_database import SystemSchema
 from dbos._sys_db import SystemDatabase
 
 from pagerduty_connector.runtime import dbos_internals
@@ -25,6 +26,9 @@ def test_every_reach_holds_on_the_installed_dbos() -> None:
         (SystemDatabase, "_execute_prepared", "SystemDatabase._execute_prepared"),
         (_utils, "generate_uuid", "dbos._utils.generate_uuid"),
         (DBOSClient, "enqueue_in_transaction", "DBOSClient.enqueue_in_transaction"),
+        (_sys_db, "db_retry", "dbos._sys_db.db_retry"),
+        (SystemSchema, "operation_outputs", "operation_outputs.workflow_uuid"),
+        (error, "DBOSWorkflowConflictIDError", "dbos.error.DBOSWorkflowConflictIDError"),
     ],
 )
 def test_a_moved_reach_fails_loudly_naming_it_and_the_versions(

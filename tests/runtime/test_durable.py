@@ -714,3 +714,66 @@ def test_a_run_records_its_start_in_its_plan_checkpoint(
     steps = DBOS.list_workflow_steps(record["id"])
     assert [s["function_name"] for s in steps] == ["pdc.plan", "pdc.action", "pdc.action"]
     assert steps[0]["output"]["started"] == record["startedAt"]
+
+
+def test_a_run_taken_over_during_a_step_records_nothing_and_goes_no_further(
+    held_api: tuple[TestClient, asyncio.Event, dict[str, int]], subs: FakeSubscriptions
+) -> None:
+    """Another execution owns the workflow now (a take-over, a resume elsewhere): the step
+    that was running here is not recorded (batched checkpoints check the owner as DBOS's
+    own do), and this run sends nothing more."""
+    from dbos import DBOS
+
+    api, release, sent = held_api
+    execution = deliver(api, subs, PATH, "taken").json()["execution"]
+    wait_until(lambda: sent["get"] == 1, 10, "the run to be in its GET")
+    engine = api.app.state.engine  # type: ignore[attr-defined]
+    table = "workflow_status" if engine.store.is_sqlite else "dbos.workflow_status"
+
+    async def take_over() -> None:
+        async with engine.store.session() as db:
+            await db.execute(
+                text(f"UPDATE {table} SET owner_xid = 'elsewhere' WHERE workflow_uuid = :id"),
+                {"id": execution},
+            )
+            await db.commit()
+
+    api.portal.call(take_over)  # type: ignore[union-attr]
+    api.portal.call(release.set)  # type: ignore[union-attr]
+    time.sleep(1.0)
+    assert sent == {"get": 1, "note": 0}
+    steps = [s["function_name"] for s in DBOS.list_workflow_steps(execution)]
+    assert steps == ["pdc.plan"]  # the plan, recorded before; not the GET
+
+
+def test_batched_checkpoints_are_dbos_steps_a_retry_replays(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """Each step's checkpoint is in DBOS's table as DBOS's own step would be (name,
+    number, output), and the record's attempts point at them: a retry from the failed
+    note (DBOS's fork) replays the plan and the GET from their checkpoints."""
+    from dbos import DBOS
+
+    get = pd.get(f"{REST}/incidents/Q1P5").respond(json=INCIDENT)
+    pd.post(f"{REST}/incidents/Q1P5/notes").mock(
+        side_effect=[
+            httpx2.Response(403, json={"error": {"message": "Forbidden", "code": 2010}}),
+            httpx2.Response(201, json={"note": {"id": "N1"}}),
+        ]
+    )
+    record = run_once(durable_api, subs)
+    assert record["status"] == "failed", record
+    steps = DBOS.list_workflow_steps(record["id"])
+    assert [(s["function_id"], s["function_name"]) for s in steps] == [
+        (1, "pdc.plan"),
+        (2, "pdc.action"),
+        (3, "pdc.action"),
+    ]
+    assert [r["attempts"][0]["checkpoint"] for r in record["steps"]] == [2, 3]
+    assert steps[1]["output"]["result"]["data"] == INCIDENT and steps[2]["output"]["ok"] is False
+    retried = durable_api.post(f"/api/executions/{record['id']}/retry")
+    assert retried.status_code == 202, retried.text
+    drain(durable_api)
+    retry = durable_api.get(f"/api/executions/{retried.json()['execution']}").json()
+    assert retry["status"] == "succeeded", retry
+    assert get.call_count == 1  # the GET's recorded output, replayed
