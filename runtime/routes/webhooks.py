@@ -107,7 +107,15 @@ async def record(
         key = concurrency_key(flow, output)
         patient = flow["name"] in target.patient
         row[QUEUE_KEY] = placement(target.instance_id, flow["name"], key, patient=patient)
-    if not await engine.writer.record(row):
+    if reason is None:  # the run, started here, plans from this instead of the row
+        engine.durable.remember(row["id"], target.instance_id, flow["name"], output)
+    recorded = False
+    try:
+        recorded = await engine.writer.record(row)
+    finally:
+        if not recorded:
+            engine.durable.planned.pop(row["id"], None)
+    if not recorded:
         return 200, {"duplicate": True, "webhookId": row["webhook_id"], "eventId": row["event_id"]}
     return 202, {"execution": row["id"], "status": status}
 

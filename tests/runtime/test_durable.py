@@ -777,3 +777,28 @@ def test_batched_checkpoints_are_dbos_steps_a_retry_replays(
     retry = durable_api.get(f"/api/executions/{retried.json()['execution']}").json()
     assert retry["status"] == "succeeded", retry
     assert get.call_count == 1  # the GET's recorded output, replayed
+
+
+def test_a_run_plans_from_what_intake_kept_and_keeps_nothing_after(
+    durable_api: TestClient, pd: respx.MockRouter, subs: FakeSubscriptions
+) -> None:
+    """The plan of a run recorded here comes from what intake kept (the row is read only
+    by a run recorded elsewhere): the same trigger output as the record's, and nothing
+    is kept once the run started; past the limit, the oldest go first."""
+    from dbos import DBOS
+
+    from pagerduty_connector.runtime import durable as durable_module
+
+    answer_incident(pd)
+    record = run_once(durable_api, subs)
+    assert record["status"] == "succeeded", record
+    plan = DBOS.list_workflow_steps(record["id"])[0]["output"]
+    assert plan["trigger"] == record["trigger"] and plan["flow"]["name"] == record["flow"]
+    durable = durable_api.app.state.engine.durable  # type: ignore[attr-defined]
+    assert durable.planned == {}
+    with pytest.MonkeyPatch.context() as small:
+        small.setattr(durable_module, "PLANNED_LIMIT", 2)
+        for n in range(3):
+            durable.remember(f"e{n}", "acme", "on-incident", {"n": n})
+        assert list(durable.planned) == ["e1", "e2"]
+    durable.planned.clear()
