@@ -215,6 +215,12 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+# Every connection of the pool is kept alive between requests (httpx keeps 20 of its
+# 100): with more than 20 steps of a connection in flight, the others were closed after
+# each request and opened again for the next (a TLS handshake each, with PagerDuty).
+POOL = httpx2.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0)
+
+
 class PagerDutyClient:
     """Async client for PagerDuty's REST API v2 and Events API v2 for one connection."""
 
@@ -246,6 +252,7 @@ class PagerDutyClient:
             timeout=self.settings.timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
+            limits=POOL,
         )
 
     async def __aenter__(self) -> PagerDutyClient:

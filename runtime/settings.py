@@ -41,11 +41,13 @@ class RuntimeSettings(BaseSettings):
     )
     admin_token: str | None = Field(default=None, repr=False)
     secret_key: str | None = Field(default=None, repr=False, description="Fernet key.")
-    # 32, not 4: each queue poll (every 0.25 s) starts at most this many runs of a flow,
-    # so 4 capped a flow at 16 runs/s on any machine (measured, bench/flow_throughput.py);
-    # PagerDuty's own rate is kept by the client's request budget, not by this.
+    # 128, not 4 or 32: each queue poll (every 0.25 s) starts at most this many runs of a
+    # flow, and a run waits for its checkpoints' batch, so the runs a flow has in flight
+    # are what bounds its rate: at 200 deliveries/s on two cores 32 finished 87 runs/s,
+    # 64 119, 128 138-145, 256 no more (bench/flow_throughput.py). PagerDuty's own rate is
+    # kept by the client's request budget, not by this.
     flow_concurrency: int = Field(
-        default=32, ge=1, le=256, description="Executions of one flow running at once, everywhere."
+        default=128, ge=1, le=256, description="Executions of one flow running at once, everywhere."
     )
     executor_id: str = Field(
         default="local",
