@@ -23,6 +23,7 @@ import httpx2
 
 from pagerduty_connector.component.errors import ConfigurationError, PagerDutyError
 from pagerduty_connector.component.redact import get_logger, register_secret
+from pagerduty_connector.component.transport import AiohttpTransport
 from pagerduty_connector.connections import ConnectionConfig
 
 ACCEPT = "application/vnd.pagerduty+json;version=2"
@@ -215,10 +216,12 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-# Every connection of the pool is kept alive between requests (httpx keeps 20 of its
-# 100): with more than 20 steps of a connection in flight, the others were closed after
-# each request and opened again for the next (a TLS handshake each, with PagerDuty).
-POOL = httpx2.Limits(max_connections=100, max_keepalive_connections=100, keepalive_expiry=5.0)
+# Every connection of the pool is kept alive between requests for KEEPALIVE seconds
+# (httpx's own pool kept 20 of its 100: with more than 20 steps of a connection in
+# flight, the others were closed after each request and opened again for the next, a
+# TLS handshake each with PagerDuty).
+POOL_SIZE = 100
+KEEPALIVE = 5.0
 
 
 class PagerDutyClient:
@@ -247,12 +250,13 @@ class PagerDutyClient:
         if connection:
             register_secret(connection.secret)
         self._http = httpx2.AsyncClient(
-            transport=transport,
-            verify=tls_context(),
+            transport=transport
+            or AiohttpTransport(
+                verify=tls_context(), max_connections=POOL_SIZE, keepalive_expiry=KEEPALIVE
+            ),
             timeout=self.settings.timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
-            limits=POOL,
         )
 
     async def __aenter__(self) -> PagerDutyClient:

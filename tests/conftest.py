@@ -40,6 +40,7 @@ from pagerduty_connector.connections import ConnectionConfig
 from pagerduty_connector.runtime.app import create_app
 from pagerduty_connector.runtime.settings import RuntimeSettings
 from pagerduty_connector.runtime.store import Store
+from tests.support import respx_transport
 from tests.support.openapi import validate_request
 from tests.support.receiver import Slack
 from tests.support.runtime import AUTH, REST, settings_for
@@ -51,6 +52,8 @@ EVENTS = "https://events.pagerduty.com/v2"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_spec: requests here are not checked against the spec")
+    # respx answers the PagerDuty client's own transport too (not httpcore's).
+    respx_transport.install()
 
 
 class FakeClock:
