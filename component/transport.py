@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from typing import Any
 
 import aiohttp
@@ -37,6 +38,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._limit = max_connections
         self._keepalive = keepalive_expiry
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        # HTTP(S)_PROXY and NO_PROXY apply, as they do to httpx (read once, at start).
+        self._environment = urllib.request.getproxies_environment()
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     def _session(self) -> aiohttp.ClientSession:
         # A session belongs to the loop it was made on; a client shared by two loops
@@ -50,12 +54,23 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 keepalive_timeout=self._keepalive,
                 enable_cleanup_closed=False,
             )
-            # trust_env: HTTP(S)_PROXY and NO_PROXY apply, as they do to httpx.
             session = aiohttp.ClientSession(
-                connector=connector, trust_env=True, auto_decompress=False, cookie_jar=_NoCookies()
+                connector=connector, auto_decompress=False, cookie_jar=_NoCookies()
             )
             self._sessions[loop] = session
         return session
+
+    def _proxy(self, url: httpx2.URL) -> str | None:
+        """The proxy ``HTTP(S)_PROXY``/``NO_PROXY`` name for ``url``'s host, as httpx
+        would use, looked up once per host (aiohttp's own lookup, ``trust_env``, reads
+        the environment and ``~/.netrc`` at every request: 5 % of a run's CPU)."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            proxy = self._environment.get(url.scheme)
+            if proxy and urllib.request.proxy_bypass_environment(url.host, self._environment):
+                proxy = None
+            self._proxies[key] = proxy
+        return self._proxies[key]
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` and read its whole answer (PagerDuty's are pages of JSON)."""
@@ -80,6 +95,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 timeout=timeout,
+                proxy=self._proxy(request.url),
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             ) as answer:
                 content = await answer.read()

@@ -2,10 +2,11 @@
 
 - ``component/`` (the connector framework) never imports ``runtime/``.
 - Every import of our own code goes through the one import root, ``pagerduty_connector``.
-- Only the PagerDuty client opens HTTP connections to PagerDuty, plus authlib's OAuth
-  client for PagerDuty's identity endpoints (consent and refresh), which are not the REST
-  API; the http step's pool (``runtime/outbound.py``) reaches other services only, and
-  never with a PagerDuty connection (its deploy check refuses one).
+- Only the PagerDuty client (over its transport) opens HTTP connections to PagerDuty,
+  plus authlib's OAuth client for PagerDuty's identity endpoints (consent and refresh),
+  which are not the REST API; the http step's pool (``runtime/outbound.py``) reaches
+  other services only, and never with a PagerDuty connection (its deploy check refuses
+  one).
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ HTTP_CLIENTS = {
     "http.client.HTTPSConnection",
     "socket.create_connection",
     "asyncio.open_connection",
+    "aiohttp.ClientSession",
+    "aiohttp.TCPConnector",
+    "aiohttp.request",
+    f"{ROOT}.component.transport.AiohttpTransport",
 }
 ALLOWED_CLIENTS = {
-    "component/client.py": {"httpx2.AsyncClient"},
+    "component/client.py": {"httpx2.AsyncClient", f"{ROOT}.component.transport.AiohttpTransport"},
+    # The client's wire (aiohttp's pool under httpx's API): only the client makes one.
+    "component/transport.py": {"aiohttp.ClientSession", "aiohttp.TCPConnector"},
     "runtime/tokens.py": {"authlib.integrations.httpx_client.AsyncOAuth2Client"},
     # The console calls the runtime's own API in process; see the test below.
     "runtime/console/api.py": {"httpx2.AsyncClient"},

@@ -168,3 +168,35 @@ def test_the_pagerduty_client_sends_through_it_unless_given_another() -> None:
     default, given = PagerDutyClient(None), PagerDutyClient(None, transport=mine)
     assert isinstance(default._http._transport, AiohttpTransport)
     assert given._http._transport is mine
+
+
+def test_http_proxy_and_no_proxy_from_the_environment_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As with httpx: requests go through ``HTTP_PROXY`` (read when the transport is
+    made) unless ``NO_PROXY`` names the host."""
+    lines: list[str] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lines.append((await read_request(reader))[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> tuple[httpx2.Response, BaseException | None]:
+        server, url = await serving(proxy)
+        async with server:
+            monkeypatch.setenv("HTTP_PROXY", url)
+            monkeypatch.setenv("NO_PROXY", "direct.invalid")
+            async with client() as http:
+                proxied = await http.get("http://api.pagerduty.invalid/incidents?limit=1")
+                try:
+                    await http.get("http://direct.invalid/incidents")
+                except httpx2.ConnectError as exc:  # went direct: no such host
+                    return proxied, exc
+                return proxied, None
+
+    proxied, direct = asyncio.run(scenario())
+    assert proxied.status_code == 200 and proxied.json() == {}
+    assert lines == ["GET http://api.pagerduty.invalid/incidents?limit=1 HTTP/1.1"]
+    assert isinstance(direct, httpx2.ConnectError)

@@ -163,11 +163,15 @@ def test_what_dbos_stores_is_sealed_with_the_runtime_key() -> None:
         SealedSerializer(Fernet.generate_key().decode()).deserialize(stored)
 
 
-def test_only_a_runs_empty_inputs_are_sealed_once() -> None:
+def test_only_a_runs_empty_inputs_and_how_it_ended_are_sealed_once() -> None:
     sealed = SealedSerializer(Fernet.generate_key().decode())
     empty = {"args": (), "kwargs": {}}
     first, again = sealed.serialize(empty), sealed.serialize(dict(empty))
     assert first == again and sealed.deserialize(first) == empty
+    for end in ("succeeded", "failed"):
+        assert sealed.serialize(end) == sealed.serialize(end[:])
+        assert sealed.deserialize(sealed.serialize(end)) == end and end not in sealed.serialize(end)
+    assert sealed.serialize("a note") != sealed.serialize("a note")
     # Anything else gets a fresh token (a fresh IV) each time: equal values stay unlinkable.
     output = {"args": ("Q1P5",), "kwargs": {}}
     assert sealed.serialize(output) != sealed.serialize(output)
