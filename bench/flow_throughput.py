@@ -54,7 +54,7 @@ from typing import Any
 import httpx2
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.webhook_intake import ADMIN, EVENT, _Connections, open_loop, runtime_env
+from bench.webhook_intake import ADMIN, _Connections, event, open_loop, runtime_env
 from pagerduty_connector.component.standin.server import (
     REQUESTS_PATH,
     SECRETS_PATH,
@@ -76,11 +76,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # delivery's event id, so each delivery's note is found at the stand-in.
 FLOW = copy.deepcopy(EXAMPLE_FLOW) | {"name": "storm"}
 FLOW["steps"][1]["inputs"]["note"] = "{{ trigger.event.id }}"
-
-
-def event(event_id: str) -> bytes:
-    """A delivery's body: ``incident.triggered`` whose event id names the delivery."""
-    return json.dumps({"event": {**EVENT["event"], "id": event_id}}).encode()
 
 
 # -- process trees ---------------------------------------------------------------------

@@ -11,12 +11,12 @@ flows: on a machine of a few cores, runs going on at the same time would measure
 how fast flows run (tens of milliseconds of CPU each, a hundred times a bare
 request), not intake. What it measures:
 
-* throughput: ``wrk`` (one thread, 32 connections, unique ``X-Webhook-Id`` per
-  request), after 2 s of each not counted, interleaved: the bare endpoint; the
-  runtime's ``intake`` flow (verify + record + 202; the flow selects another
-  event, so no run is queued); and its ``full`` flow (``queued``: the record and
-  its run's enqueue commit together). Requests per second and their ratio to
-  bare (target >= 0.5);
+* throughput: ``wrk`` (one thread, 32 connections, each request an event of its
+  own with its own ``X-Webhook-Id``), after 2 s of each not counted, interleaved:
+  the bare endpoint; the runtime's ``intake`` flow (verify + record + 202; the
+  flow selects another event, so no run is queued); and its ``full`` flow
+  (``queued``: the record and its run's enqueue commit together). Requests per
+  second and their ratio to bare (target >= 0.5);
 * latency: an open-loop generator at a fixed 200 requests per second, timing
   each answer from its scheduled send time, after 2 s of the same not counted;
   p50 and p99 (target p99 < 100 ms) for the same two flows and bare;
@@ -82,20 +82,33 @@ EVENT = {
         "data": {"id": "Q1P5", "type": "incident", "title": "Server is on fire"},
     }
 }
+# Each request is an event of its own (the runtime runs a PagerDuty event once per flow,
+# whatever its X-Webhook-Id): its id is "<prefix>-<n>", its signature the n-th line of a
+# file written beforehand (HMAC is not at hand in wrk's Lua).
 LUA = """
 wrk.method = "POST"
-wrk.body = {body}
+local head, tail = {head}, {tail}
+local signatures = {{}}
+for line in io.lines("{signatures}") do signatures[#signatures + 1] = line end
 local counter = 0
 request = function()
   counter = counter + 1
   local headers = {{
     ["Content-Type"] = "application/json",
-    ["X-PagerDuty-Signature"] = "{signature}",
+    ["X-PagerDuty-Signature"] = signatures[counter] or "v1=00",
     ["X-Webhook-Id"] = "{prefix}-" .. counter,
   }}
-  return wrk.format(nil, nil, headers, nil)
+  return wrk.format(nil, nil, headers, head .. "{prefix}-" .. counter .. tail)
 end
 """
+# More requests than any wrk run here sends a second (bare Starlette: 5-9 thousand).
+WRK_CEILING = 25_000
+_ID = "EVENT-ID"
+
+
+def event(event_id: str) -> bytes:
+    """A delivery's body: ``incident.triggered`` whose event id names the delivery."""
+    return json.dumps({"event": {**EVENT["event"], "id": event_id}}).encode()
 
 
 PHASES = ("throughput", "latency", "deploy", "full", "queued")
@@ -166,8 +179,8 @@ def _serve(kind: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, loop=LOOP, **quiet)
 
 
-def _start(kind: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def _start(kind: str, env: dict[str, str], port: int = 0) -> tuple[subprocess.Popen[bytes], str]:
+    port = port or free_port()
     command = [sys.executable, "-m", "bench.webhook_intake", "--serve", kind, "--port", str(port)]
     process = subprocess.Popen(command, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -210,22 +223,41 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait(timeout=60)
 
 
-def _wrk(url: str, body: bytes, signature: str, seconds: int, connections: int) -> float:
-    script = LUA.format(
-        body=json.dumps(body.decode()), signature=signature, prefix=uuid.uuid4().hex
-    )
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script)
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", handle.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    os.unlink(handle.name)
+def _wrk(url: str, secret: str, seconds: int, connections: int) -> float:
+    """Requests per second ``wrk`` sustained for ``seconds``, each an event of its own
+    signed under ``secret``."""
+    prefix = uuid.uuid4().hex
+    head, tail = event(_ID).decode().split(_ID)
+    ceiling = WRK_CEILING * seconds
+    with ExitStack() as stack:
+        signatures = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".txt"))
+        signatures.writelines(
+            sign(event(f"{prefix}-{n}"), secret) + "\n" for n in range(1, ceiling + 1)
+        )
+        signatures.flush()
+        script = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".lua"))
+        script.write(
+            LUA.format(
+                head=json.dumps(head),
+                tail=json.dumps(tail),
+                signatures=signatures.name,
+                prefix=prefix,
+            )
+        )
+        script.flush()
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"{errors.group(1)} requests to {url} were refused:\n{out}")
+    sent = re.search(r"(\d+) requests in", out)
+    assert sent, out
+    if int(sent.group(1)) > ceiling:  # past the signed ones: duplicates, or refused
+        raise SystemExit(f"wrk sent more than {ceiling} requests; raise WRK_CEILING")
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert match, out
     return float(match.group(1))
@@ -285,17 +317,23 @@ class _Connections:
 
 
 async def _fixed_rate(
-    url: str, body: bytes, signature: str, rate: int = 200, seconds: int = 10, warm_up: int = 0
+    url: str, secret: str, rate: int = 200, seconds: int = 10, warm_up: int = 0
 ) -> list[float]:
     """Seconds from each request's scheduled time to its answer, at ``rate`` per second,
-    after ``warm_up`` seconds at that rate that are not counted."""
+    after ``warm_up`` seconds at that rate that are not counted; each request an event of
+    its own signed under ``secret``."""
     latencies: list[float] = []
     connections = _Connections(url)
-    headers = {"Content-Type": "application/json", "X-PagerDuty-Signature": signature}
     prefix = uuid.uuid4().hex
 
     async def one(n: int, due: float) -> None:
-        request = connections.request(body, {**headers, "X-Webhook-Id": f"rate-{prefix}-{n}"})
+        body = event(f"rate-{prefix}-{n}")
+        headers = {
+            "Content-Type": "application/json",
+            "X-PagerDuty-Signature": sign(body, secret),
+            "X-Webhook-Id": f"rate-{prefix}-{n}",
+        }
+        request = connections.request(body, headers)
         status, content = await connections.send(request)
         if n >= rate * warm_up:
             latencies.append(time.perf_counter() - due)
@@ -330,7 +368,7 @@ async def open_loop(
 
 
 def _during_slow_deploy(
-    api: httpx2.Client, pagerduty_url: str, url: str, body: bytes, signature: str
+    api: httpx2.Client, pagerduty_url: str, url: str, secret: str
 ) -> list[float]:
     """Latencies of deliveries at 50/s while another instance's deploy is held 6 s."""
     hold = {"method": "POST", "path": "/webhook_subscriptions", "seconds": 6}
@@ -343,7 +381,7 @@ def _during_slow_deploy(
     )
     deploying.start()
     time.sleep(0.5)  # the deploy is now waiting on PagerDuty
-    latencies = asyncio.run(_fixed_rate(url, body, signature, rate=50, seconds=4))
+    latencies = asyncio.run(_fixed_rate(url, secret, rate=50, seconds=4))
     assert deploying.is_alive(), "the deploy was not slow: the measurement would not count"
     deploying.join()
     return latencies
@@ -421,13 +459,14 @@ def main() -> None:
     with ExitStack() as stack:
         stack.callback(pagerduty.terminate)
         data = stack.enter_context(tempfile.TemporaryDirectory())
-        env = runtime_env(data, pagerduty_url, PDC_FLOW_CONCURRENCY="32")
+        env = runtime_env(data, pagerduty_url)
         if args.database == "postgresql":
             from tests.support.postgres import postgres_server
 
             env["PDC_DATABASE_URL"] = stack.enter_context(postgres_server(fsync=True))
-        web = {**env, "PDC_ROLE": "web", "PDC_PUBLIC_URL": "http://127.0.0.1"}
-        runtime, runtime_base = _start("runtime", web)
+        port = free_port()
+        web = {**env, "PDC_ROLE": "web", "PDC_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+        runtime, runtime_base = _start("runtime", web, port)
         bare, bare_base = _start("bare", env)
         try:
             api = httpx2.Client(
@@ -443,23 +482,20 @@ def main() -> None:
             ).raise_for_status()
             held = httpx2.get(f"{pagerduty_url}{SECRETS_PATH}").json()
             secrets = {url.rsplit("/", 1)[-1]: secret for url, secret in held.items()}
-            body = json.dumps(EVENT).encode()
-
-            signed = {flow: sign(body, secret) for flow, secret in secrets.items()}
             runtime_url = f"{runtime_base}/webhooks/bench"
             bare_url = f"{bare_base}/webhooks/bench/intake"
             targets = {
-                "bare": (bare_url, "v1=00"),
-                "runtime": (f"{runtime_url}/intake", signed["intake"]),
-                "queued": (f"{runtime_url}/full", signed["full"]),
+                "bare": (bare_url, "bare checks none"),
+                "runtime": (f"{runtime_url}/intake", secrets["intake"]),
+                "queued": (f"{runtime_url}/full", secrets["full"]),
             }
             latency: dict[str, list[float]] = {}
             if "full" in phases:  # first, and finished: the others measure intake alone
                 workers = _start_workers(args.flow_workers, env)
                 try:
                     began = time.perf_counter()
-                    url, signature = targets["queued"]
-                    latency["full"] = asyncio.run(_fixed_rate(url, body, signature))
+                    url, secret = targets["queued"]
+                    latency["full"] = asyncio.run(_fixed_rate(url, secret))
                     drained = _drained(api, len(latency["full"]), began)
                 finally:
                     _stop(workers)
@@ -473,20 +509,16 @@ def main() -> None:
             measured = [key for key, needed in wanted.items() if phases & needed]
             rates: dict[str, list[float]] = {key: [] for key in ("runtime", "bare", "queued")}
             for key in measured:  # unmeasured warm-up: caches, prepared statements
-                _wrk(targets[key][0], body, targets[key][1], 2, args.connections)
+                _wrk(*targets[key], 2, args.connections)
             for _ in range(args.rounds):
                 for key in measured:
-                    url, signature = targets[key]
-                    rates[key].append(_wrk(url, body, signature, args.seconds, args.connections))
+                    rates[key].append(_wrk(*targets[key], args.seconds, args.connections))
 
             if "latency" in phases:
                 for key in ("runtime", "queued", "bare"):
-                    url, signature = targets[key]
-                    latency[key] = asyncio.run(_fixed_rate(url, body, signature, warm_up=2))
+                    latency[key] = asyncio.run(_fixed_rate(*targets[key], warm_up=2))
             if "deploy" in phases:
-                latency["deploying"] = _during_slow_deploy(
-                    api, pagerduty_url, targets["runtime"][0], body, signed["intake"]
-                )
+                latency["deploying"] = _during_slow_deploy(api, pagerduty_url, *targets["runtime"])
         finally:
             _stop([runtime, bare])
 
