@@ -231,8 +231,9 @@ def _wrk(url: str, secret: str, seconds: int, connections: int) -> float:
     ceiling = WRK_CEILING * seconds
     with ExitStack() as stack:
         signatures = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".txt"))
+        # Signed as the script sends them: the same head and tail around each id.
         signatures.writelines(
-            sign(event(f"{prefix}-{n}"), secret) + "\n" for n in range(1, ceiling + 1)
+            sign(f"{head}{prefix}-{n}{tail}".encode(), secret) + "\n" for n in range(1, ceiling + 1)
         )
         signatures.flush()
         script = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".lua"))
@@ -327,11 +328,12 @@ async def _fixed_rate(
     prefix = uuid.uuid4().hex
 
     async def one(n: int, due: float) -> None:
-        body = event(f"rate-{prefix}-{n}")
+        name = f"rate-{prefix}-{n}"
+        body = event(name)
         headers = {
             "Content-Type": "application/json",
             "X-PagerDuty-Signature": sign(body, secret),
-            "X-Webhook-Id": f"rate-{prefix}-{n}",
+            "X-Webhook-Id": name,
         }
         request = connections.request(body, headers)
         status, content = await connections.send(request)

@@ -279,8 +279,9 @@ _STEP_STATEMENTS: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.Weak
 def _step_statements(system: Any) -> tuple[Any, Any]:
     """The lock of a batch's workflow rows (``ids``, expanding) and the insert of its
     steps, built once per system database so that SQLAlchemy compiles each once."""
-    if system in _STEP_STATEMENTS:
-        return _STEP_STATEMENTS[system]
+    built = _STEP_STATEMENTS.get(system)
+    if built is not None:
+        return built
     from sqlalchemy import bindparam, select, update
 
     status, steps = system.tables.workflow_status, system.tables.operation_outputs
