@@ -1,7 +1,8 @@
 """Cached routing for webhook intake.
 
 ``IntakeCache`` keeps what intake needs to route and verify a delivery (the
-instance's flows, whether it is enabled, the signing secrets) for a few seconds.
+instance's flows, whether it is enabled, the signing secrets) for a few seconds; an
+entry just past that is still used while it is read again.
 A process that changes an instance drops its entry and ``announce``s the change; on
 PostgreSQL every process sharing the database hears it (LISTEN/NOTIFY) and drops its
 entry too. Before refusing a delivery, intake reads the instance again (``refresh``).
@@ -163,16 +164,29 @@ class IntakeCache:
     async def get(self, instance_id: str) -> IntakeTarget | None:
         """The instance's intake view, or ``None`` if there is no such instance."""
         cached = self._entries.get(instance_id)
-        if cached and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
-        # One read per instance at a time: when an entry expires under load, every
-        # delivery arriving meanwhile waits for that read instead of making its own.
+        if cached:
+            age = time.monotonic() - cached[0]
+            if age < self.ttl:
+                return cached[1]
+            if age < self.ttl * 2:
+                # Just expired: read again, and meanwhile go on with what was read (a
+                # change made here or announced was dropped, not expired). Under load
+                # that read waits on a busy thread and database, and every delivery
+                # arriving meanwhile waited with it: a tenth of a second, every ttl.
+                self._load_once(instance_id)
+                return cached[1]
+        # One read per instance at a time: every delivery arriving meanwhile waits for
+        # that read instead of making its own.
+        return await asyncio.shield(self._load_once(instance_id))
+
+    def _load_once(self, instance_id: str) -> asyncio.Future[IntakeTarget | None]:
+        """The read of ``instance_id`` going on, or a new one."""
         loading = self._loading.get(instance_id)
         if loading is None:
             loading = asyncio.ensure_future(self._load_and_keep(instance_id, self._generation))
             self._loading[instance_id] = loading
             loading.add_done_callback(lambda done: self._finished(instance_id, done))
-        return await asyncio.shield(loading)
+        return loading
 
     async def connection(self, connection_id: str) -> ConnectionRow | None:
         """A stored connection for a run's step, read again after ``ttl`` seconds or once
@@ -192,6 +206,10 @@ class IntakeCache:
         # Only this read's slot: after a drop, a newer read may already hold it.
         if self._loading.get(instance_id) is done:
             del self._loading[instance_id]
+        # A read nobody waited for (the entry was served meanwhile) that failed: the
+        # next delivery reads again, and past twice the lifetime waits for it and fails.
+        if not done.cancelled():
+            done.exception()
 
     async def _load_and_keep(self, instance_id: str, generation: int) -> IntakeTarget | None:
         target = await self._load(instance_id)

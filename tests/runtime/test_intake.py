@@ -93,3 +93,56 @@ async def test_deliveries_arriving_while_an_entry_is_read_share_one_read(store: 
     assert cache._loading.get("acme") is holder
     later_gate.set()
     assert (await newer) is not None and "acme" in cache._entries
+
+
+async def test_an_expired_entry_is_used_while_it_is_read_again(store: Store) -> None:
+    """Under load the read of an expired entry waits on a busy database; deliveries go on
+    with what was read meanwhile, and wait for the read only once the entry is twice as
+    old as its lifetime (or a failed read left nothing newer)."""
+    box = SecretBox(Fernet.generate_key().decode())
+    async with store.session() as db:
+        db.add(InstanceRow(id="acme", flows=[], enabled=True))
+        await db.commit()
+    cache = IntakeCache(store, box, ttl=0.2)
+    first = await cache.get("acme")
+    assert first is not None and first.enabled
+    async with store.session() as db:
+        row = await db.get(InstanceRow, "acme")
+        row.enabled = False  # type: ignore[union-attr]
+        await db.commit()
+    load, gate, reads = cache._load, asyncio.Event(), 0
+
+    async def held(instance_id: str) -> object:
+        nonlocal reads
+        reads += 1
+        await gate.wait()
+        return await load(instance_id)
+
+    cache._load = held  # type: ignore[method-assign]
+    await asyncio.sleep(0.25)  # expired, not twice over
+    served = await asyncio.wait_for(asyncio.gather(*(cache.get("acme") for _ in range(8))), 1)
+    assert all(target is first for target in served)  # nobody waited for the read
+    assert reads == 1 and "acme" in cache._loading  # one read, under way
+    gate.set()
+    await cache._loading["acme"]
+    assert (await cache.get("acme")).enabled is False  # type: ignore[union-attr]
+
+    # A read that fails while the entry is served: nothing is left unretrieved, and past
+    # twice the lifetime the delivery waits for a read of its own and learns its error.
+    unretrieved: list[object] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
+
+    async def broken(instance_id: str) -> object:
+        raise RuntimeError("database unavailable")
+
+    cache._load = broken  # type: ignore[method-assign]
+    await asyncio.sleep(0.25)
+    assert (await cache.get("acme")).enabled is False  # type: ignore[union-attr]
+    await asyncio.sleep(0.25)  # past 0.4 s
+    with pytest.raises(RuntimeError, match="database unavailable"):
+        await cache.get("acme")
+    import gc
+
+    gc.collect()
+    await asyncio.sleep(0)
+    assert unretrieved == []
