@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 
 import pytest
 from cryptography.fernet import Fernet
@@ -103,7 +105,15 @@ async def test_an_expired_entry_is_used_while_it_is_read_again(store: Store) -> 
     async with store.session() as db:
         db.add(InstanceRow(id="acme", flows=[], enabled=True))
         await db.commit()
-    cache = IntakeCache(store, box, ttl=0.2)
+    ttl = 10.0
+    cache = IntakeCache(store, box, ttl=ttl)
+
+    def aged(seconds: float) -> None:
+        # The entry read that long ago (set, not slept for: a loaded machine's sleep
+        # could overshoot into the next band).
+        target = cache._entries["acme"][1]
+        cache._entries["acme"] = (time.monotonic() - seconds, target)
+
     first = await cache.get("acme")
     assert first is not None and first.enabled
     async with store.session() as db:
@@ -119,7 +129,9 @@ async def test_an_expired_entry_is_used_while_it_is_read_again(store: Store) -> 
         return await load(instance_id)
 
     cache._load = held  # type: ignore[method-assign]
-    await asyncio.sleep(0.25)  # expired, not twice over
+    aged(ttl * 0.9)
+    assert await cache.get("acme") is first and reads == 0  # fresh: no read
+    aged(ttl * 1.5)  # expired, not twice over
     served = await asyncio.wait_for(asyncio.gather(*(cache.get("acme") for _ in range(8))), 1)
     assert all(target is first for target in served)  # nobody waited for the read
     assert reads == 1 and "acme" in cache._loading  # one read, under way
@@ -130,19 +142,22 @@ async def test_an_expired_entry_is_used_while_it_is_read_again(store: Store) -> 
     # A read that fails while the entry is served: nothing is left unretrieved, and past
     # twice the lifetime the delivery waits for a read of its own and learns its error.
     unretrieved: list[object] = []
-    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
 
     async def broken(instance_id: str) -> object:
         raise RuntimeError("database unavailable")
 
     cache._load = broken  # type: ignore[method-assign]
-    await asyncio.sleep(0.25)
-    assert (await cache.get("acme")).enabled is False  # type: ignore[union-attr]
-    await asyncio.sleep(0.25)  # past 0.4 s
-    with pytest.raises(RuntimeError, match="database unavailable"):
-        await cache.get("acme")
-    import gc
-
-    gc.collect()
-    await asyncio.sleep(0)
-    assert unretrieved == []
+    try:
+        aged(ttl * 1.5)
+        assert (await cache.get("acme")).enabled is False  # type: ignore[union-attr]
+        await asyncio.sleep(0.01)  # the read fails meanwhile
+        aged(ttl * 2.5)
+        with pytest.raises(RuntimeError, match="database unavailable"):
+            await cache.get("acme")
+        gc.collect()
+        await asyncio.sleep(0)
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
